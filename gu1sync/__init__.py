@@ -1,0 +1,1 @@
+"""gu1-sync: receive signed Gu1 webhooks and drive Salesforce and Slack from rules in config.yaml."""

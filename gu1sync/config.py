@@ -1,0 +1,163 @@
+"""The shape of config.yaml and the one function that loads it.
+
+`load_config` reads the file strictly: every error in the file is reported at once, each with
+file:line:column, and a missing environment variable stops start-up naming the variable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path as FilePath
+from typing import Annotated, Literal
+
+from pydantic import Field, PrivateAttr, StringConstraints, ValidationError, field_validator
+
+from .configfile import ConfigError, Document, Problem, interpolate, parse_yaml
+from .kinds.standard import decode_secret
+from .schema import Duration, Name, Secret, SecretValue, StrictModel, problems_from, sort_problems
+
+MIB = 1024 * 1024
+
+
+class _SourceBase(StrictModel):
+    environment: Literal["sandbox", "production"] = Field(
+        description="Which Gu1 environment sends to this source; rules can match on it."
+    )
+    secrets: Annotated[list[SecretValue], Field(min_length=1)] = Field(
+        description="Signing secrets, each ${ENV_VAR}. Any one verifies, so a new secret can be added "
+        "before the old one is removed (rotation); each event records which one matched."
+    )
+    description: str | None = Field(None, description="Free text for people reading the config.")
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+
+class Gu1Source(_SourceBase):
+    """Gu1 webhooks: X-Webhook-Signature is the hex HMAC-SHA256 of the raw body."""
+
+    kind: Literal["gu1"]
+
+
+class KycWebhooksSource(_SourceBase):
+    """The KYC-Webhooks provider: `sha256=<hex>` signature and a unix X-Webhook-Timestamp."""
+
+    kind: Literal["kyc-webhooks"]
+    tolerance: Duration = Field(300, description="How far X-Webhook-Timestamp may be from now, either way.")
+    signed_payload: Literal["body", "timestamp.body"] = Field(
+        "body", description="What the provider signs: the raw body, or `{timestamp}.{body}`."
+    )
+
+
+class StandardSource(_SourceBase):
+    """Any sender following the Standard Webhooks spec (webhook-id, webhook-timestamp, webhook-signature)."""
+
+    kind: Literal["standard"]
+    tolerance: Duration = Field(300, description="How far webhook-timestamp may be from now, either way.")
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets_decode(cls, secrets: list[Secret]) -> list[Secret]:
+        for secret in secrets:
+            try:
+                decode_secret(secret.value)
+            except ValueError:
+                raise ValueError(
+                    f"the value of ${secret.name} is not a Standard Webhooks secret (whsec_ followed by base64)"
+                ) from None
+        return secrets
+
+
+Source = Annotated[Gu1Source | KycWebhooksSource | StandardSource, Field(discriminator="kind")]
+
+
+class StorageSettings(StrictModel):
+    """Where accepted events and their history are kept."""
+
+    path: str = Field("var/gu1-sync.db", description="SQLite file; a relative path is relative to config.yaml.")
+    busy_timeout: Duration = Field(5, description="How long to wait for a lock held by another process.")
+
+
+class QueueSettings(StrictModel):
+    """The RQ queue between the receiver and the workers."""
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for RQ, e.g. ${REDIS_URL}.")
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
+        "gu1-sync", description="RQ queue name."
+    )
+    sweep_interval: Duration = Field(
+        30, description="How often workers look for stored events that never reached the queue."
+    )
+
+
+class ReceiverSettings(StrictModel):
+    """The HTTP side."""
+
+    max_body_bytes: int = Field(MIB, ge=1024, le=64 * MIB, description="Larger bodies get 413 unread.")
+
+
+class Config(StrictModel):
+    """config.yaml, validated."""
+
+    version: Literal[1] = Field(description="Format version of this file; 1 today.")
+    storage: StorageSettings = StorageSettings()
+    queue: QueueSettings = QueueSettings()
+    receiver: ReceiverSettings = ReceiverSettings()
+    sources: Annotated[dict[Name, Source], Field(min_length=1)] = Field(
+        description="Webhook senders; each is served at POST /webhooks/<name>."
+    )
+
+    _file: str = PrivateAttr("config.yaml")
+    _base_dir: str = PrivateAttr(".")
+    _digest: str = PrivateAttr("")
+
+    @property
+    def file(self) -> str:
+        """The file this config was read from."""
+        return self._file
+
+    @property
+    def digest(self) -> str:
+        """Short hash of the file's bytes: the config version each processed event records."""
+        return self._digest
+
+    @property
+    def storage_path(self) -> str:
+        """The SQLite file, resolved against the config file's directory."""
+        return os.path.join(self._base_dir, os.path.expanduser(self.storage.path))
+
+
+def parse_config(
+    text: str, file: str = "config.yaml", environ: Mapping[str, str] | None = None, base_dir: str | None = None
+) -> Config:
+    """Validate config text; raise ConfigError listing every problem."""
+    doc: Document = parse_yaml(text, file)
+    if not isinstance(doc.data, dict):
+        raise ConfigError([Problem(file, 1, 1, "", "the file must be a mapping with version: 1 and sources:")])
+    problems = doc.duplicates + interpolate(doc, environ)
+    config = None
+    try:
+        config = Config.model_validate(doc.data)
+    except ValidationError as exc:
+        problems += problems_from(exc, doc, Config)
+    if problems or config is None:
+        raise ConfigError(sort_problems(problems))
+    config._file = file
+    config._base_dir = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(file))
+    config._digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return config
+
+
+def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the config file at `path`."""
+    try:
+        text = FilePath(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(path, None, None, "", f"cannot read the file: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem(path, None, None, "", "the file is not UTF-8 text")]) from None
+    return parse_config(text, path, environ)
