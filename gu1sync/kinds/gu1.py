@@ -1,0 +1,74 @@
+"""Gu1's own webhooks (seeds 000-003).
+
+X-Webhook-Signature is the hex HMAC-SHA256 of the raw body and nothing else, so a captured
+delivery could be replayed at any time: the dedupe key, built from what the event is about and
+when it happened, is what stops a replay from being processed twice. X-Webhook-ID names the
+webhook *configuration*, not the event, and must not be used to deduplicate.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BadRequest
+from ..timeutil import iso, parse_iso
+from .base import Envelope, Headers, hex_signature, matching_secret, optional_header, require_type, single_header
+
+if TYPE_CHECKING:
+    from ..config import Gu1Source
+
+
+def subject_of(event: str, payload: Any) -> str | None:
+    """The id of what a Gu1 event is about: the validation, the entity or the rule evaluation."""
+    if not isinstance(payload, dict):
+        return None
+    entity = payload.get("entity") if isinstance(payload.get("entity"), dict) else {}
+    family = event.split(".", 1)[0]
+    if family == "kyc":  # current generation: payload.id; older one: payload.validationId
+        candidates = [payload.get("id"), payload.get("validationId")]
+    elif family == "entity":
+        candidates = [entity.get("id"), payload.get("entityId")]
+    elif family == "rule":
+        candidates = [payload.get("evaluationId")]
+    else:
+        return None
+    for candidate in candidates:
+        if isinstance(candidate, str | int) and not isinstance(candidate, bool) and str(candidate).strip():
+            return str(candidate).strip()
+    return None
+
+
+class Gu1Kind:
+    """Verifies and reads Gu1 deliveries for one configured source."""
+
+    payload_field = "payload"
+    name = "gu1"
+
+    def __init__(self, source: Gu1Source):
+        self.source = source
+        self._keys = [(secret, secret.value.encode()) for secret in source.secrets]
+
+    def verify(self, headers: Headers, body: bytes, now: datetime) -> str:
+        """The name of the secret that signed `body`; 401 for anything else."""
+        given = hex_signature(single_header(headers, "X-Webhook-Signature", "missing_signature", "malformed_signature"))
+        return matching_secret(self._keys, body, [given])
+
+    def parse(self, document: dict, headers: Headers) -> Envelope:
+        """Read `{event, timestamp, organizationId?, payload}`; X-Webhook-Event must agree with it."""
+        event = require_type(document.get("event"), "event")
+        announced = optional_header(headers, "X-Webhook-Event")
+        if announced is not None and announced != event:
+            raise BadRequest(
+                "event_header_mismatch",
+                f"X-Webhook-Event says {announced[:80]!r} but the body says {event[:80]!r}",
+            )
+        payload = document.get(self.payload_field, {})
+        occurred = parse_iso(document.get("timestamp"))
+        subject = subject_of(event, payload)
+        identity = None
+        if subject is not None and occurred is not None:
+            organization = document.get("organizationId")
+            org = str(organization) if isinstance(organization, str | int) else "-"
+            identity = f"{org}|{event}|{subject}|{iso(occurred)}"
+        return Envelope(type=event, occurred_at=occurred, payload=payload, subject=subject, identity=identity)

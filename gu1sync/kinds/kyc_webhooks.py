@@ -1,0 +1,65 @@
+"""The KYC-Webhooks provider (seed 004): envelope {id, type, created, data}.
+
+Here X-Webhook-ID *is* the event id (the body's `id` says the same and is signed, so it wins).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from ..timeutil import from_unix
+from .base import (
+    Envelope,
+    Headers,
+    hex_signature,
+    matching_secret,
+    optional_header,
+    require_type,
+    single_header,
+    unix_timestamp,
+)
+
+if TYPE_CHECKING:
+    from ..config import KycWebhooksSource
+
+
+class KycWebhooksKind:
+    """Verifies `X-Webhook-Signature: sha256=<hex>` with a timestamp tolerance."""
+
+    payload_field = "data"
+    name = "kyc-webhooks"
+
+    def __init__(self, source: KycWebhooksSource):
+        self.source = source
+        self._keys = [(secret, secret.value.encode()) for secret in source.secrets]
+
+    def verify(self, headers: Headers, body: bytes, now: datetime) -> str:
+        """The name of the secret that signed the body (or `{timestamp}.{body}`); 401 otherwise."""
+        given = hex_signature(single_header(headers, "X-Webhook-Signature", "missing_signature", "malformed_signature"))
+        stamp = single_header(headers, "X-Webhook-Timestamp", "missing_timestamp", "malformed_timestamp")
+        unix_timestamp(stamp, now, self.source.tolerance)
+        message = body if self.source.signed_payload == "body" else stamp.encode() + b"." + body
+        return matching_secret(self._keys, message, [given])
+
+    def parse(self, document: dict, headers: Headers) -> Envelope:
+        """Read `{id, type, created, data}`; the id is the event's identity."""
+        event = require_type(document.get("type"), "type")
+        created = document.get("created")
+        occurred = None
+        if isinstance(created, int | float) and not isinstance(created, bool):
+            try:
+                occurred = from_unix(created)
+            except (OverflowError, OSError, ValueError):
+                occurred = None
+        data = document.get(self.payload_field, {})
+        event_id = document.get("id")
+        identity = str(event_id) if isinstance(event_id, str | int) and str(event_id).strip() else None
+        identity = identity or optional_header(headers, "X-Webhook-ID")
+        subject = None
+        if isinstance(data, dict):
+            for key in ("session_id", "sessionId", "id"):
+                if isinstance(data.get(key), str | int) and not isinstance(data.get(key), bool):
+                    subject = str(data[key])
+                    break
+        return Envelope(type=event, occurred_at=occurred, payload=data, subject=subject, identity=identity)
