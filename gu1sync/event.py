@@ -1,0 +1,63 @@
+"""The one internal event that every kind of source becomes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def event_id(dedupe_key: str) -> str:
+    """The event's id: a digest of its dedupe key, safe in URLs, RQ job ids and shells."""
+    return "ev_" + hashlib.sha256(dedupe_key.encode()).hexdigest()[:32]
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON from raw bytes; ValueError for anything unreadable, absurd nesting included."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def body_digest(raw: bytes) -> str:
+    """The fallback identity of an event: what was signed, byte for byte."""
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+@dataclass
+class Event:
+    """An accepted webhook: verified, parsed, and kept with the raw bytes as received."""
+
+    id: str
+    dedupe_key: str
+    source: str
+    kind: str
+    environment: str
+    type: str | None
+    occurred_at: str | None
+    received_at: str
+    payload: Any
+    raw: bytes = field(repr=False)
+    secret: str | None = None
+    subject: str | None = None
+    status: str = "received"
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict; the raw bytes are left out (they can be large and carry personal data)."""
+        out = asdict(self)
+        out.pop("raw")
+        return out
+
+    @classmethod
+    def from_row(cls, row: dict) -> Event:
+        """Rebuild an event from its stored row; the payload is read again from the raw bytes."""
+        from .kinds import payload_of
+
+        payload = None
+        if row["status"] != "invalid":  # invalid events are kept because they could not be read
+            payload = payload_of(row["kind"], parse_json(row["raw"]))
+        names = {f for f in cls.__dataclass_fields__ if f != "payload"}
+        return cls(payload=payload, **{k: row[k] for k in names if k in row})

@@ -1,0 +1,220 @@
+"""POST /webhooks/<source>: verify, store, deduplicate, enqueue, answer; and the health endpoints.
+
+The order matters: the source is looked up before the body is read, the size is checked before
+anything is verified, the signature before the body is parsed, and the event is committed to
+SQLite before the 2xx is sent. Nothing about a body is logged except ids and the event type.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from flask import Blueprint, Flask, Request, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from .config import Config
+from .errors import BadRequest, HTTPProblem, NotFound, PayloadTooLarge, ServiceUnavailable
+from .event import Event, body_digest, event_id, parse_json
+from .kinds import Kind
+from .queue import EventQueue
+from .store import INVALID, RECEIVED, Store, StoreUnavailable
+from .timeutil import Clock, iso
+
+log = logging.getLogger(__name__)
+
+# Headers worth keeping with each delivery for debugging; none of them is secret or personal.
+KEPT_HEADERS = (
+    "Content-Type",
+    "Content-Length",
+    "User-Agent",
+    "X-Webhook-ID",
+    "X-Webhook-Event",
+    "X-Webhook-Timestamp",
+    "webhook-id",
+    "webhook-timestamp",
+)
+
+
+@dataclass
+class Services:
+    """What the receiver works with; one per app."""
+
+    config: Config
+    store: Store
+    queue: EventQueue
+    clock: Clock
+    kinds: dict[str, Kind]
+
+
+def services() -> Services:
+    """The running app's services."""
+    return current_app.extensions["gu1sync"]
+
+
+blueprint = Blueprint("receiver", __name__)
+
+
+def _read_body(req: Request, limit: int) -> bytes:
+    """The body, or 413 without reading further than `limit` + 1 bytes.
+
+    A Content-Length over the limit is refused before anything is read. A chunked body has no
+    length, so the app's MAX_CONTENT_LENGTH is limit + 1: werkzeug stops reading there (and says
+    nothing when it reaches its limit exactly), and one byte over our limit is the tell.
+    """
+    too_large = PayloadTooLarge("payload_too_large", f"the body is over {limit} bytes")
+    if req.content_length is not None and req.content_length > limit:
+        raise too_large
+    try:
+        body = req.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise too_large from None
+    if len(body) > limit:
+        raise too_large
+    return body
+
+
+def _kept_headers(req: Request) -> dict[str, str]:
+    return {name: req.headers[name][:200] for name in KEPT_HEADERS if name in req.headers}
+
+
+@blueprint.post("/webhooks/<source_name>")
+def receive(source_name: str):
+    """Accept one webhook delivery."""
+    started = time.perf_counter()
+    svc = services()
+    request.environ["gu1sync.source"] = "?"
+    kind = svc.kinds.get(source_name)
+    if kind is None:
+        raise NotFound("unknown_source", "no source with this name is configured")
+    request.environ["gu1sync.source"] = source_name
+    source = svc.config.sources[source_name]
+    body = _read_body(request, svc.config.receiver.max_body_bytes)
+    received = svc.clock()
+    secret = kind.verify(request.headers, body, received)
+
+    base = dict(source=source_name, kind=kind.name, environment=source.environment, received_at=iso(received))
+    try:
+        document = parse_json(body)
+        if not isinstance(document, dict):
+            raise BadRequest("not_an_object", "the body is JSON but not an object")
+        envelope = kind.parse(document, request.headers)
+    except (ValueError, BadRequest) as exc:
+        problem = exc if isinstance(exc, BadRequest) else BadRequest("invalid_json", "the body is not valid JSON")
+        _keep_invalid(svc, base, body, secret, problem)
+        raise problem from None
+
+    dedupe_key = f"{kind.name}:{source.environment}:{envelope.identity or body_digest(body)}"
+    event = Event(
+        id=event_id(dedupe_key),
+        dedupe_key=dedupe_key,
+        type=envelope.type,
+        occurred_at=iso(envelope.occurred_at) if envelope.occurred_at else None,
+        payload=envelope.payload,
+        raw=body,
+        secret=secret,
+        subject=envelope.subject,
+        status=RECEIVED,
+        **base,
+    )
+    new = _store(svc, event)
+    queued = svc.queue.enqueue(event.id) if new else None
+    log.info(
+        "accepted event=%s source=%s type=%s secret=%s duplicate=%s queued=%s ms=%.1f",
+        event.id,
+        source_name,
+        event.type,
+        secret,
+        str(not new).lower(),
+        "-" if queued is None else str(queued).lower(),
+        (time.perf_counter() - started) * 1000,
+    )
+    return jsonify(id=event.id, duplicate=not new), 202 if new else 200
+
+
+def _store(svc: Services, event: Event) -> bool:
+    try:
+        return svc.store.record(event, _kept_headers(request))
+    except StoreUnavailable as exc:
+        log.error("cannot store event=%s source=%s: %s", event.id, event.source, exc)
+        raise ServiceUnavailable("storage_unavailable", "the event could not be stored; retry later") from None
+
+
+def _keep_invalid(svc: Services, base: dict, body: bytes, secret: str, problem: BadRequest) -> None:
+    """Keep an authentic but unreadable body for inspection; its id goes back in the 400."""
+    dedupe_key = f"{base['kind']}:{base['environment']}:invalid:{body_digest(body)}"
+    event = Event(
+        id=event_id(dedupe_key),
+        dedupe_key=dedupe_key,
+        type=None,
+        occurred_at=None,
+        payload=None,
+        raw=body,
+        secret=secret,
+        status=INVALID,
+        error=problem.reason,
+        **base,
+    )
+    _store(svc, event)
+    problem.extra["id"] = event.id
+
+
+@blueprint.get("/healthz")
+def healthz():
+    """The process is up."""
+    return jsonify(status="ok")
+
+
+@blueprint.get("/readyz")
+def readyz():
+    """SQLite takes writes, Redis answers, the config is loaded: 200, else 503 naming what failed."""
+    svc = services()
+    checks = {"config": {"ok": True, "version": svc.config.digest, "sources": sorted(svc.config.sources)}}
+    try:
+        svc.store.check_writable()
+        checks["sqlite"] = {"ok": True}
+    except StoreUnavailable as exc:
+        checks["sqlite"] = {"ok": False, "error": str(exc)}
+    checks["redis"] = {"ok": svc.queue.ping()}
+    ready = all(check["ok"] for check in checks.values())
+    return jsonify(ready=ready, checks=checks), 200 if ready else 503
+
+
+def _rejected(status: int, reason: str, message: str, extra: dict | None = None):
+    svc = current_app.extensions.get("gu1sync")
+    source = request.environ.get("gu1sync.source")
+    if source is not None and svc is not None:  # a webhook route: count it and say why, never what
+        log.warning("rejected source=%s status=%d reason=%s remote=%s", source, status, reason, request.remote_addr)
+        if status != 503:  # a 503 means SQLite is out of reach: counting it there would only wait again
+            try:
+                svc.store.count_rejection(source, reason, status)
+            except StoreUnavailable as exc:
+                log.error("cannot count rejection source=%s reason=%s: %s", source, reason, exc)
+    response = jsonify(error=reason, message=message, **(extra or {}))
+    response.status_code = status
+    if status == 413:
+        response.headers["Connection"] = "close"  # do not drain the rest of an oversized body
+    return response
+
+
+def install_error_handlers(app: Flask) -> None:
+    """One place where every error becomes a JSON answer with a precise status."""
+
+    @app.errorhandler(HTTPProblem)
+    def _problem(exc: HTTPProblem):
+        body = exc.to_dict()
+        response = _rejected(exc.status, body.pop("error"), body.pop("message"), body)
+        if isinstance(exc, ServiceUnavailable):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        reason = (exc.name or "error").lower().replace(" ", "_")
+        return _rejected(exc.code or 500, reason, exc.description or reason)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _rejected(500, "internal_error", "unexpected error; it has been logged")
