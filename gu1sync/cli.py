@@ -1,0 +1,144 @@
+"""The gu1-sync command line: serve, worker, sweep, check.
+
+Every command reads the config first; a config with errors prints every problem and exits 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import logs
+from .config import Config, ConfigError, load_config
+
+
+def _config(ctx: click.Context) -> Config:
+    path = ctx.obj["config_path"]
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        click.echo(f"{path}: {len(exc.problems)} problem(s); nothing was started", err=True)
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    envvar="GU1_SYNC_CONFIG",
+    default="config.yaml",
+    show_default=True,
+    help="The config file (or $GU1_SYNC_CONFIG).",
+)
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False),
+    help="Variables to read before the config (default: var/secrets.env beside the config, if it exists). "
+    "Variables already set in the environment win.",
+)
+@click.option("--log-level", envvar="GU1_SYNC_LOG_LEVEL", default="INFO", show_default=True)
+@click.pass_context
+def cli(ctx: click.Context, config_path: str, env_file: str | None, log_level: str) -> None:
+    """gu1-sync: receive signed Gu1 webhooks and act on them in Salesforce and Slack."""
+    from dotenv import load_dotenv
+
+    logs.setup(log_level)
+    env_path = Path(env_file) if env_file else Path(config_path).resolve().parent / "var" / "secrets.env"
+    if env_path.is_file():
+        load_dotenv(env_path, override=False)
+    ctx.obj = {"config_path": config_path, "env_file": env_path}
+
+
+@cli.command()
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Validate the config; exit 0 if it is usable, 1 (listing every problem) if not."""
+    config = _config(ctx)
+    click.echo(f"{config.file}: OK (version {config.digest}, {len(config.sources)} source(s))")
+
+
+@cli.command()
+@click.option("--bind", default="127.0.0.1:8000", show_default=True, help="Address to listen on.")
+@click.option("--workers", default=2, show_default=True, help="Receiver processes.")
+@click.option("--threads", default=4, show_default=True, help="Threads per receiver process.")
+@click.pass_context
+def serve(ctx: click.Context, bind: str, workers: int, threads: int) -> None:
+    """Run the webhook receiver under gunicorn."""
+    from gunicorn.app.base import BaseApplication
+
+    from app import create_app
+
+    config = _config(ctx)
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            settings = {
+                "bind": bind,
+                "workers": workers,
+                "threads": threads,
+                "worker_class": "gthread",
+                "timeout": 30,
+                "graceful_timeout": 20,
+                "accesslog": "-",
+                "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
+                "proc_name": "gu1-sync-receiver",
+                "control_socket_disable": True,  # one fixed path per user: two receivers would collide
+            }
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self):  # called in each gunicorn worker after the fork
+            return create_app(config)
+
+    Server().run()
+
+
+@cli.command()
+@click.option("--burst", is_flag=True, help="Process what is queued, then exit.")
+@click.pass_context
+def worker(ctx: click.Context, burst: bool) -> None:
+    """Run a worker: processes queued events and sweeps stored ones onto the queue."""
+    from .worker import run_worker
+
+    run_worker(_config(ctx), burst=burst)
+
+
+@cli.command()
+@click.pass_context
+def sweep(ctx: click.Context) -> None:
+    """Queue every stored, unfinished event that is not on the queue (Redis must be up)."""
+    from redis.exceptions import RedisError
+
+    from .worker import WorkerContext
+
+    work = WorkerContext.from_config(_config(ctx))
+    try:
+        queued = work.queue.sweep(grace=0)
+    except RedisError as exc:
+        click.echo(f"sweep failed: Redis is unreachable ({type(exc).__name__})", err=True)
+        sys.exit(1)
+    click.echo(f"queued {len(queued)} event(s)")
+
+
+@cli.command()
+@click.option("--bind", default="127.0.0.1:8000", show_default=True, help="Address the receiver listens on.")
+@click.option("--workers", default=2, show_default=True, help="Worker processes.")
+@click.pass_context
+def run(ctx: click.Context, bind: str, workers: int) -> None:
+    """Run everything on this box: Redis (if none answers), the receiver and the workers. Ctrl-C stops it."""
+    from .supervisor import Supervisor, ensure_dev_secrets, secret_variables
+
+    env_file: Path = ctx.obj["env_file"]
+    added = ensure_dev_secrets(env_file, secret_variables(ctx.obj["config_path"]))
+    for name in added:
+        click.echo(
+            f"{name} was not set: generated a development secret in {env_file}. Gu1 does not know it; "
+            "put the secret from Gu1's dashboard there (or in the environment) to receive real webhooks.",
+            err=True,
+        )
+    config = _config(ctx)
+    var_dir = Path(config.storage_path).resolve().parent
+    sys.exit(Supervisor(ctx.obj["config_path"], bind, workers, var_dir).run(config.queue.redis_url))
