@@ -1,0 +1,280 @@
+"""Shared fixtures: a real Redis (or a loudly announced fallback), configs on real files, apps.
+
+Redis, in order of preference:
+1. $GU1_SYNC_TEST_REDIS_URL, if set (its database is flushed around every test: point it at a spare one);
+2. a private `redis-server` started for this run on a free port (never touches your own Redis);
+3. the local Redis at 127.0.0.1:6379, database 13 (flushed around every test);
+4. none: in-process fakeredis, and every test marked `real_redis` is skipped with the reason.
+The header of every run says which one is in use.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from gu1sync.config import Config, parse_config
+from gu1sync.queue import EventQueue
+from tests.helpers import SECRETS, FakeClock
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of our own, which tests may stop and start again (same port, same data dir)."""
+
+    def __init__(self, binary: str, port: int | None = None):
+        self.binary = binary
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="gu1sync-redis-")
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class RedisChoice:
+    mode: str  # external | private | local | fake
+    url: str | None
+    server: RedisServer | None = None
+
+    def describe(self) -> str:
+        if self.mode == "fake":
+            return (
+                "redis: NONE FOUND, falling back to in-process fakeredis; tests marked real_redis are SKIPPED. "
+                "Install one to run them all (Debian/Ubuntu: apt install redis-server)."
+            )
+        return {
+            "external": f"redis: $GU1_SYNC_TEST_REDIS_URL ({self.url})",
+            "private": f"redis: private redis-server for this run at {self.url}",
+            "local": f"redis: local server at {self.url} (database 13 is flushed around tests)",
+        }[self.mode]
+
+
+def _choose_redis() -> RedisChoice:
+    if os.environ.get("GU1_SYNC_TEST_REDIS_URL"):
+        return RedisChoice("external", os.environ["GU1_SYNC_TEST_REDIS_URL"])
+    binary = shutil.which("redis-server")
+    if binary:
+        server = RedisServer(binary)
+        server.start()
+        return RedisChoice("private", server.url, server)
+    try:
+        redis.Redis(socket_connect_timeout=0.3).ping()
+        return RedisChoice("local", "redis://127.0.0.1:6379/13")
+    except redis.RedisError:
+        return RedisChoice("fake", None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        config.gu1sync_redis = _choose_redis()  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    choice = getattr(config, "gu1sync_redis", None)
+    if choice is not None and choice.server is not None:
+        choice.server.cleanup()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return config.gu1sync_redis.describe()  # type: ignore[attr-defined]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
+    choice = config.gu1sync_redis
+    if choice.mode == "fake":
+        terminalreporter.write_line(choice.describe(), yellow=True, bold=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.gu1sync_redis.mode != "fake":  # type: ignore[attr-defined]
+        return
+    skip = pytest.mark.skip(reason="needs a real redis-server; none found (apt install redis-server)")
+    for item in items:
+        if "real_redis" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def redis_choice(pytestconfig: pytest.Config) -> RedisChoice:
+    return pytestconfig.gu1sync_redis  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def redis_conn(redis_choice: RedisChoice):
+    """A clean Redis for this test: flushed before and after."""
+    if redis_choice.mode == "fake":
+        import fakeredis
+
+        conn = fakeredis.FakeRedis()
+    else:
+        conn = redis.Redis.from_url(redis_choice.url)
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+    conn.close()
+
+
+@pytest.fixture
+def redis_url(redis_choice: RedisChoice, redis_conn) -> str:
+    """The URL of the clean Redis (real servers only)."""
+    if redis_choice.url is None:
+        pytest.skip("needs a real redis-server")
+    return redis_choice.url
+
+
+SOURCES_YAML = """
+sources:
+  gu1-prod:
+    kind: gu1
+    environment: production
+    secrets: ["${GU1_SECRET}", "${GU1_SECRET_NEXT}"]
+  gu1-sandbox:
+    kind: gu1
+    environment: sandbox
+    secrets: ["${GU1_SANDBOX_SECRET}"]
+  kyc:
+    kind: kyc-webhooks
+    environment: production
+    secrets: ["${KYC_SECRET}"]
+  kyc-ts:
+    kind: kyc-webhooks
+    environment: production
+    secrets: ["${KYC_SECRET}"]
+    signed_payload: timestamp.body
+  std:
+    kind: standard
+    environment: production
+    secrets: ["${STD_SECRET}"]
+"""
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, redis_choice: RedisChoice):
+    """Build a Config from YAML on a real file in tmp_path (sources above unless `sources` is given)."""
+
+    def build(
+        extra: str = "", *, sources: str = SOURCES_YAML, environ: dict | None = None, redis_url: str | None = None
+    ) -> Config:
+        path = tmp_path / "config.yaml"
+        path.write_text(config_text(redis_url or redis_choice.url or "redis://127.0.0.1:1/0", sources, extra))
+        return parse_config(path.read_text(), str(path), environ={**SECRETS, **(environ or {})})
+
+    return build
+
+
+def config_text(redis_url: str, sources: str = SOURCES_YAML, extra: str = "") -> str:
+    """A test config: SQLite next to the file, the given Redis, the test sources."""
+    return (
+        "version: 1\n"
+        "storage:\n  path: events.db\n  busy_timeout: 1s\n"
+        f'queue:\n  redis_url: "{redis_url}"\n  name: test\n  sweep_interval: 1s\n'
+        f"{sources}\n{extra}"
+    )
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_app(make_config, redis_conn, clock):
+    """Build the receiver app on a real SQLite file and the test Redis."""
+    from app import create_app
+
+    def build(config: Config | None = None, *, connection=None, **kwargs):
+        config = config or make_config()
+        queue = EventQueue(
+            "redis://test",
+            config.queue.name,
+            _store_for(config, clock),
+            clock,
+            connection=connection or redis_conn,
+            **kwargs,
+        )
+        return create_app(config, store=queue.store, queue=queue, clock=clock)
+
+    return build
+
+
+def _store_for(config: Config, clock):
+    from gu1sync.store import Store
+
+    return Store(config.storage_path, config.storage.busy_timeout, clock)
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def services(app):
+    return app.extensions["gu1sync"]
