@@ -1,0 +1,37 @@
+# gu1-sync. `make run` runs the whole connector on this box; `make test` runs the test suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test check venv dev-venv lint bench clean
+
+run: venv
+	./gu1-sync run
+
+test: dev-venv
+	$(BIN)/python -m pytest
+
+check: venv
+	./gu1-sync check
+
+venv: $(VENV)/.runtime
+dev-venv: $(VENV)/.dev
+
+$(VENV)/.runtime: requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "gu1-sync needs Python 3.11 or newer")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+lint: dev-venv
+	$(BIN)/ruff check .
+
+bench: dev-venv
+	$(BIN)/python bench/receiver.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

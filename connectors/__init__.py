@@ -1,0 +1,1 @@
+"""Actions that reach Salesforce and Slack (coming with the connectors issue)."""

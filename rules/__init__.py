@@ -1,0 +1,1 @@
+"""The rules language of config.yaml (coming with the rules issue)."""
