@@ -5,7 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .timeutil import iso
+
+if TYPE_CHECKING:
+    from .kinds.base import Envelope
 
 
 def event_id(dedupe_key: str) -> str:
@@ -24,6 +29,34 @@ def parse_json(raw: bytes) -> Any:
 def body_digest(raw: bytes) -> str:
     """The fallback identity of an event: what was signed, byte for byte."""
     return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def make_event(
+    *,
+    source: str,
+    kind: str,
+    environment: str,
+    envelope: Envelope,
+    raw: bytes,
+    received_at: str,
+    secret: str | None,
+) -> Event:
+    """The internal event for a parsed envelope; its id follows from the kind, environment and identity."""
+    dedupe_key = f"{kind}:{environment}:{envelope.identity or body_digest(raw)}"
+    return Event(
+        id=event_id(dedupe_key),
+        dedupe_key=dedupe_key,
+        source=source,
+        kind=kind,
+        environment=environment,
+        type=envelope.type,
+        occurred_at=iso(envelope.occurred_at) if envelope.occurred_at else None,
+        received_at=received_at,
+        payload=envelope.payload,
+        raw=raw,
+        secret=secret,
+        subject=envelope.subject,
+    )
 
 
 @dataclass

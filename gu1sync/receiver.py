@@ -16,10 +16,10 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .config import Config
 from .errors import BadRequest, HTTPProblem, NotFound, PayloadTooLarge, ServiceUnavailable
-from .event import Event, body_digest, event_id, parse_json
+from .event import Event, body_digest, event_id, make_event, parse_json
 from .kinds import Kind
 from .queue import EventQueue
-from .store import INVALID, RECEIVED, Store, StoreUnavailable
+from .store import INVALID, Store, StoreUnavailable
 from .timeutil import Clock, iso
 
 log = logging.getLogger(__name__)
@@ -105,19 +105,7 @@ def receive(source_name: str):
         _keep_invalid(svc, base, body, secret, problem)
         raise problem from None
 
-    dedupe_key = f"{kind.name}:{source.environment}:{envelope.identity or body_digest(body)}"
-    event = Event(
-        id=event_id(dedupe_key),
-        dedupe_key=dedupe_key,
-        type=envelope.type,
-        occurred_at=iso(envelope.occurred_at) if envelope.occurred_at else None,
-        payload=envelope.payload,
-        raw=body,
-        secret=secret,
-        subject=envelope.subject,
-        status=RECEIVED,
-        **base,
-    )
+    event = make_event(envelope=envelope, raw=body, secret=secret, **base)
     new = _store(svc, event)
     queued = svc.queue.enqueue(event.id) if new else None
     log.info(
