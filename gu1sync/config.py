@@ -7,16 +7,20 @@ file:line:column, and a missing environment variable stops start-up naming the v
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path as FilePath
 from typing import Annotated, Literal
 
-from pydantic import Field, PrivateAttr, StringConstraints, ValidationError, field_validator
+from pydantic import Discriminator, Field, PrivateAttr, StringConstraints, Tag, ValidationError, field_validator
+
+from rules.model import ConfigTest, Rule
+from rules.validate import LoadedTest, check_rules, load_tests
 
 from .configfile import ConfigError, Document, Problem, interpolate, parse_yaml
 from .kinds.standard import decode_secret
-from .schema import Duration, Name, Secret, SecretValue, StrictModel, problems_from, sort_problems
+from .schema import Duration, Name, Secret, SecretValue, StrictModel, one_or_many, problems_from, sort_problems
 
 MIB = 1024 * 1024
 
@@ -27,7 +31,8 @@ class _SourceBase(StrictModel):
     )
     secrets: Annotated[list[SecretValue], Field(min_length=1)] = Field(
         description="Signing secrets, each ${ENV_VAR}. Any one verifies, so a new secret can be added "
-        "before the old one is removed (rotation); each event records which one matched."
+        "before the old one is removed (rotation); each event records which one matched.",
+        json_schema_extra=one_or_many,
     )
     description: str | None = Field(None, description="Free text for people reading the config.")
 
@@ -110,10 +115,19 @@ class Config(StrictModel):
     sources: Annotated[dict[Name, Source], Field(min_length=1)] = Field(
         description="Webhook senders; each is served at POST /webhooks/<name>."
     )
+    rules: list[Rule] = Field([], description="What to do with events; see README, Rules.")
+    tests: Annotated[
+        Annotated[list[ConfigTest], Tag("list")] | Annotated[str, Tag("file")],
+        Discriminator(lambda v: "file" if isinstance(v, str) else "list"),
+    ] = Field(
+        [], description="Config tests that `check` runs: a list, or a YAML file (relative to this one) holding it."
+    )
 
     _file: str = PrivateAttr("config.yaml")
     _base_dir: str = PrivateAttr(".")
     _digest: str = PrivateAttr("")
+    _warnings: list[Problem] = PrivateAttr(default_factory=list)
+    _tests: list[LoadedTest] = PrivateAttr(default_factory=list)
 
     @property
     def file(self) -> str:
@@ -124,6 +138,20 @@ class Config(StrictModel):
     def digest(self) -> str:
         """Short hash of the file's bytes: the config version each processed event records."""
         return self._digest
+
+    @property
+    def warnings(self) -> list[Problem]:
+        """Things in the file that are allowed but probably not meant (a pattern that matches nothing)."""
+        return self._warnings
+
+    @property
+    def config_tests(self) -> list[LoadedTest]:
+        """The config tests, with their events read."""
+        return self._tests
+
+    def rule(self, name: str) -> Rule | None:
+        """The rule of that name."""
+        return next((rule for rule in self.rules if rule.name == name), None)
 
     @property
     def storage_path(self) -> str:
@@ -139,13 +167,22 @@ def parse_config(
     if not isinstance(doc.data, dict):
         raise ConfigError([Problem(file, 1, 1, "", "the file must be a mapping with version: 1 and sources:")])
     problems = doc.duplicates + interpolate(doc, environ)
+    found = check_rules(doc)
+    problems += [p for p in found if p.severity == "error"]
+    warnings = [p for p in found if p.severity != "error"]
     config = None
     try:
         config = Config.model_validate(doc.data)
     except ValidationError as exc:
         problems += problems_from(exc, doc, Config)
+    if config is not None and not problems:
+        config._file = file
+        tests, test_problems = load_tests(config, doc, environ)
+        problems += test_problems
+        config._tests = tests
     if problems or config is None:
-        raise ConfigError(sort_problems(problems))
+        raise ConfigError(sort_problems(problems + warnings))
+    config._warnings = sort_problems(warnings)
     config._file = file
     config._base_dir = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(file))
     config._digest = hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -161,3 +198,15 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
     except UnicodeDecodeError:
         raise ConfigError([Problem(path, None, None, "", "the file is not UTF-8 text")]) from None
     return parse_config(text, path, environ)
+
+
+def json_schema() -> str:
+    """The JSON Schema of config.yaml, generated from the models that validate it."""
+    schema = Config.model_json_schema(by_alias=True)
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://gu1-sync/config.schema.json",
+        **schema,
+        "title": "gu1-sync config.yaml",
+    }
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"

@@ -43,6 +43,11 @@ class ConfigError(Exception):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 
+    @property
+    def errors(self) -> list[Problem]:
+        """The problems that are errors (the others are warnings, listed for context)."""
+        return [p for p in self.problems if p.severity == "error"]
+
 
 def format_path(path: Path) -> str:
     """Render a path the way the docs write it: rules[2].actions[0].salesforce.upsert."""

@@ -78,6 +78,27 @@ SecretValue = Annotated[
 ]
 
 
+def one_or_many(schema: dict[str, Any]) -> None:
+    """JSON Schema edit for a list field that also takes a single item (`on: entity.*`)."""
+    branches = schema.get("anyOf", [schema])
+    for branch in list(branches):
+        if branch.get("type") == "array" and "items" in branch:
+            if branch is schema:
+                array = {k: schema.pop(k) for k in ("type", "items", "minItems") if k in schema}
+                schema["anyOf"] = [array["items"], array]
+            else:
+                branches.insert(0, branch["items"])
+            return
+
+
+def many_means_all(schema: dict[str, Any]) -> None:
+    """JSON Schema edit for `when:`, which also takes a list of conditions (all of them)."""
+    for branch in list(schema.get("anyOf", [])):
+        if "oneOf" in branch:
+            schema["anyOf"].append({"type": "array", "items": branch, "minItems": 1})
+            return
+
+
 def describe(value: Any) -> str:
     """A short, safe rendering of a config value for an error message."""
     if isinstance(value, EnvStr):
@@ -150,7 +171,23 @@ def known_keys(root: type[BaseModel], data: Any, path: Path) -> list[str]:
         for member in _members(tp, node):
             if isinstance(member, type) and issubclass(member, BaseModel):
                 keys += [info.alias or name for name, info in member.model_fields.items()]
+    if not keys and isinstance(node, dict):
+        # The path went through a shape the walk cannot follow (a list standing for `all:`); guess the
+        # model from the other keys of the mapping.
+        for model in _all_models(StrictModel):
+            fields = {info.alias or name for name, info in model.model_fields.items()}
+            known = [key for key in node if key in fields]
+            if known and len(known) == len(node) - 1:  # every key but the unknown one
+                keys += sorted(fields)
     return sorted(set(keys))
+
+
+def _all_models(base: type) -> list[type]:
+    found = []
+    for sub in base.__subclasses__():
+        found.append(sub)
+        found += _all_models(sub)
+    return found
 
 
 def did_you_mean(word: str, candidates: list[str]) -> str:
@@ -183,6 +220,10 @@ def data_path(doc: Document, loc: Path, keep_last: bool = False) -> tuple[Path, 
     return tuple(out), is_key
 
 
+# Messages for custom error types raised by discriminated unions (actions, conditions): type -> f(input).
+CUSTOM_MESSAGES: dict[str, typing.Callable[[Any], str]] = {}
+
+
 def problems_from(exc: ValidationError, doc: Document, root: type[BaseModel], base: Path = ()) -> list[Problem]:
     """Rewrite a pydantic ValidationError as Problems with positions and plain-language messages."""
     problems = []
@@ -190,14 +231,16 @@ def problems_from(exc: ValidationError, doc: Document, root: type[BaseModel], ba
         kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
         path, is_key = data_path(doc, (*base, *err["loc"]), keep_last=kind == "missing")
         of_key = is_key
-        if kind == "extra_forbidden":
+        if kind in CUSTOM_MESSAGES:
+            message = CUSTOM_MESSAGES[kind](value)
+        elif kind == "extra_forbidden":
             key = path[-1]
             candidates = known_keys(root, doc.data, path[:-1])
             message = f'unknown key "{key}"{did_you_mean(str(key), candidates)}'
             of_key = True
         elif kind == "missing":
             message = f'missing required key "{path[-1]}"'
-            of_key = True
+            path, of_key = path[:-1], True
         elif kind == "union_tag_invalid":
             path = (*path, str(ctx.get("discriminator", "kind")).strip("'"))
             message = f"{describe(ctx.get('tag'))} is not one of: {ctx.get('expected_tags')}"

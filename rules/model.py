@@ -1,0 +1,124 @@
+"""A rule, and the config tests that an ops team writes for its rules."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, PrivateAttr, field_validator
+
+from gu1sync.schema import Duration, Name, StrictModel, many_means_all, one_or_many
+
+from .actions import Action, Params
+from .conditions import AllOf, Condition
+from .templates import Template, compile_value
+
+_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]-]+$")
+
+
+def _listed(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class Throttle(StrictModel):
+    """Run the actions once per key per window; later matches are recorded as throttled."""
+
+    key: Annotated[Any, Field(description="A template: which events count as the same, e.g. {{ entity.id }}")]
+    window: Annotated[Duration, Field(gt=0, description="e.g. 1h")]
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _compile(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("key is a template such as {{ entity.id }}")
+        return compile_value(value)
+
+
+class Rule(StrictModel):
+    """On which events, under which conditions, which actions run with which values."""
+
+    name: Name = Field(description="Unique; appears in logs, in `show` and in Slack alerts.")
+    description: str | None = None
+    enabled: bool = Field(True, description="false: the rule is kept but never runs.")
+    mode: Literal["live", "shadow"] = Field(
+        "live", description="shadow: render and record the actions, never call the connector."
+    )
+    on: Annotated[list[str], Field(min_length=1)] = Field(
+        description="Event types: a type, a list, or globs such as entity.* and kyc.*", json_schema_extra=one_or_many
+    )
+    sources: list[str] | None = Field(
+        None, description="Only events from these sources.", json_schema_extra=one_or_many
+    )
+    environment: Literal["sandbox", "production"] | None = Field(None, description="Only events from it.")
+    when: Condition | None = Field(
+        None, description="Conditions; a list means all of them.", json_schema_extra=many_means_all
+    )
+    throttle: Throttle | None = None
+    actions: Annotated[list[Action], Field(min_length=1)]
+
+    _patterns: tuple[re.Pattern, ...] = PrivateAttr(())
+
+    @field_validator("on", "sources", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return _listed(value)
+
+    @field_validator("on")
+    @classmethod
+    def _globs(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if not _PATTERN.match(pattern):
+                raise ValueError(f"{pattern!r} is not an event type or a glob such as entity.* or kyc.*")
+        return patterns
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _list_means_all(cls, value: Any) -> Any:
+        return {"all": value} if isinstance(value, list) else value
+
+    def model_post_init(self, context: Any) -> None:
+        self._patterns = tuple(re.compile(fnmatch.translate(p)) for p in self.on)
+
+    def listens_to(self, event_type: str | None) -> bool:
+        """Whether `on:` covers this event type."""
+        return event_type is not None and any(p.match(event_type) for p in self._patterns)
+
+    @property
+    def params(self) -> list[Params]:
+        """The actions' parameters, in order."""
+        return [action.params for action in self.actions]
+
+
+def template_sources(value: Any) -> Any:
+    """A compiled value with templates shown as their source text (for display)."""
+    if isinstance(value, Template):
+        return value.source
+    if isinstance(value, dict):
+        return {k: template_sources(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [template_sources(v) for v in value]
+    return value
+
+
+class Expect(StrictModel):
+    """What a config test expects."""
+
+    matched: list[str] | None = Field(None, description="Exactly these rules match (enabled ones).")
+    not_matched: list[str] | None = Field(None, description="None of these rules match.")
+    actions: dict[str, list[dict[str, Any]]] | None = Field(
+        None,
+        description="Per rule, its actions in order as {type: {key: value}}; only the keys given are compared.",
+    )
+
+
+class ConfigTest(StrictModel):
+    """One event and what the rules should make of it; `check` runs these."""
+
+    name: str
+    event: str | dict[str, Any] = Field(description="A JSON or YAML file (relative to the config), or the envelope.")
+    source: str | None = Field(None, description="The source it arrives at (default: the first gu1 source).")
+    expect: Expect
+
+
+__all__ = ["AllOf", "ConfigTest", "Rule", "Throttle"]
