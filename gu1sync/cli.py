@@ -5,6 +5,7 @@ Every command reads the config first; a config with errors prints every problem 
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def _config(ctx: click.Context) -> Config:
         return load_config(path)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
-        click.echo(f"{path}: {len(exc.problems)} problem(s); nothing was started", err=True)
+        click.echo(f"{path}: {len(exc.errors)} error(s)", err=True)
         sys.exit(1)
 
 
@@ -55,9 +56,66 @@ def cli(ctx: click.Context, config_path: str, env_file: str | None, log_level: s
 @cli.command()
 @click.pass_context
 def check(ctx: click.Context) -> None:
-    """Validate the config; exit 0 if it is usable, 1 (listing every problem) if not."""
+    """Validate the config and run its config tests; exit 0 if all is well, 1 (saying what is not) if not."""
+    from rules.simulate import format_outcomes, run_config_tests
+
     config = _config(ctx)
-    click.echo(f"{config.file}: OK (version {config.digest}, {len(config.sources)} source(s))")
+    for warning in config.warnings:
+        click.echo(str(warning), err=True)
+    outcomes = run_config_tests(config)
+    if outcomes:
+        click.echo(format_outcomes(outcomes))
+    failed = [o for o in outcomes if not o.passed]
+    summary = (
+        f"{config.file}: version {config.digest}, {len(config.sources)} source(s), {len(config.rules)} rule(s), "
+        f"{len(outcomes) - len(failed)} of {len(outcomes)} config test(s) passed"
+    )
+    if failed:
+        click.echo(f"{summary}: FAILED", err=True)
+        sys.exit(1)
+    click.echo(f"{summary}: OK")
+
+
+@cli.command()
+@click.argument("event_file", type=click.File("rb"))
+@click.option("--source", help="The source it arrives at (default: the first gu1 source).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.pass_context
+def simulate(ctx: click.Context, event_file, source: str | None, as_json: bool) -> None:
+    """Show what the rules make of EVENT_FILE (a webhook body, JSON): no side effects.
+
+    Which rules match, why the others do not (the first condition that failed), and each matched
+    rule's actions as they would be sent. Use - to read the event from standard input.
+    """
+    import json
+
+    from gu1sync.event import parse_json
+    from rules.simulate import SimulationError, format_results
+    from rules.simulate import simulate as run_simulation
+
+    config = _config(ctx)
+    try:
+        document = parse_json(event_file.read())
+        event, results = run_simulation(config, document, source)
+    except ValueError:
+        click.echo(f"{event_file.name}: not valid JSON", err=True)
+        sys.exit(1)
+    except SimulationError as exc:
+        click.echo(f"{event_file.name}: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        out = {"event": event.to_dict(), "config_version": config.digest, "rules": [r.to_dict() for r in results]}
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False, default=str))
+    else:
+        click.echo(format_results(config, event, results))
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of config.yaml (for editors; config.schema.json is this output)."""
+    from .config import json_schema
+
+    click.echo(json_schema(), nl=False)
 
 
 @cli.command()
@@ -90,8 +148,15 @@ def serve(ctx: click.Context, bind: str, workers: int, threads: int) -> None:
             for key, value in settings.items():
                 self.cfg.set(key, value)
 
-        def load(self):  # called in each gunicorn worker after the fork
-            return create_app(config)
+        def load(self):  # called in each gunicorn worker as it boots, so after a HUP too
+            try:
+                fresh = load_config(ctx.obj["config_path"])
+            except ConfigError as exc:
+                logging.getLogger("gu1sync.serve").error(
+                    "config has %d error(s); keeping version %s:\n%s", len(exc.errors), config.digest, exc
+                )
+                fresh = config
+            return create_app(fresh)
 
     Server().run()
 

@@ -166,7 +166,11 @@ def _kyc_payload(event: str, generation: str, person: dict, rng: random.Random, 
                 extractedData=extracted if name == "approved" else {},
                 verifiedFields=list(extracted) if name == "approved" else [],
                 warnings=[] if name == "approved" else ["Document authenticity check failed"],
-                decision={"id_verification": "pass" if name == "approved" else "fail"},
+                decision={
+                    "id_verification": "pass" if name == "approved" else "fail",
+                    "face_match": "pass" if name == "approved" else "fail",
+                    "liveness": "pass",
+                },
             )
         if name == "expired":
             payload["expiresAt"] = stamp
