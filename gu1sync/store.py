@@ -7,6 +7,7 @@ writes start with BEGIN IMMEDIATE so that concurrent writers queue on the lock i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -14,15 +15,27 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import sqlite_utils
 
 from .event import Event
+
+if TYPE_CHECKING:
+    from rules.engine import RuleResult
 from .timeutil import Clock, iso, utcnow
 
 # Statuses an event moves through. `invalid` events were authentic but unreadable (kept for inspection).
 RECEIVED, PROCESSING, DONE, FAILED, INVALID = "received", "processing", "done", "failed", "invalid"
 UNFINISHED = (RECEIVED, PROCESSING)
+
+# Statuses of an action. `dead` keeps a permanent failure (or retries run out) for replay.
+PENDING, SHADOW, THROTTLED, DEAD = "pending", "shadow", "throttled", "dead"
+
+
+def action_id(event_id: str, rule: str, index: int) -> str:
+    """The idempotency key of one action of one rule for one event (safe as an RQ job id)."""
+    return "act_" + hashlib.sha256(f"{event_id}\0{rule}\0{index}".encode()).hexdigest()[:32]
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -75,8 +88,58 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db["meta"].create({"key": str, "value": str}, pk="key")
 
 
+def _migration_2(db: sqlite_utils.Database) -> None:
+    # What each rule made of each event, and why.
+    db["evaluations"].create(
+        {
+            "event_id": str,
+            "rule": str,
+            "matched": int,
+            "reason": str,
+            "mode": str,
+            "throttle_key": str,
+            "error": str,
+            "config_version": str,
+            "evaluated_at": str,
+        },
+        pk=("event_id", "rule"),
+        not_null={"matched", "config_version", "evaluated_at"},
+        foreign_keys=[("event_id", "events", "id")],
+    )
+    # One row per action of a matched rule; its id is the idempotency key (event, rule, index).
+    db["actions"].create(
+        {
+            "id": str,
+            "event_id": str,
+            "rule": str,
+            "action_index": int,
+            "type": str,
+            "mode": str,
+            "params": str,
+            "status": str,
+            "error": str,
+            "attempts": int,
+            "created_at": str,
+            "updated_at": str,
+            "config_version": str,
+        },
+        pk="id",
+        not_null={"event_id", "rule", "action_index", "type", "status", "attempts", "created_at", "updated_at"},
+        defaults={"attempts": 0},
+        foreign_keys=[("event_id", "events", "id")],
+    )
+    db["actions"].create_index(["event_id", "rule", "action_index"], unique=True)
+    db["actions"].create_index(["status", "updated_at"])
+    # Throttle windows: a key's actions ran at window_start; until `until`, its matches are throttled.
+    db["throttles"].create(
+        {"rule": str, "key": str, "until": str, "event_id": str},
+        pk=("rule", "key"),
+        not_null={"until", "event_id"},
+    )
+
+
 # Append only: each entry moves the file from user_version N to N + 1.
-MIGRATIONS = [_migration_1]
+MIGRATIONS = [_migration_1, _migration_2]
 
 
 class StoreUnavailable(Exception):
@@ -230,6 +293,81 @@ class Store:
                    WHERE id = ?""",
                 (status, outcome, error, iso(self.clock()), config_version, event_id),
             )
+
+    def record_evaluation(self, event_id: str, results: list[RuleResult], config_version: str) -> list[str]:
+        """Record what each rule made of an event and its actions, and finish the event; one transaction.
+
+        Live actions are stored `pending` (their ids are returned), shadow ones `shadow`, those of
+        a throttled rule `throttled`, and those that could not be rendered `dead`. Recording twice
+        changes nothing that was recorded the first time.
+        """
+        now = self.clock()
+        pending = []
+        with self.transaction() as conn:
+            for result in results:
+                conn.execute(
+                    """INSERT INTO evaluations (event_id, rule, matched, reason, mode, throttle_key, error,
+                                                config_version, evaluated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT(event_id, rule) DO UPDATE SET matched = excluded.matched,
+                           reason = excluded.reason, mode = excluded.mode, throttle_key = excluded.throttle_key,
+                           error = excluded.error, config_version = excluded.config_version,
+                           evaluated_at = excluded.evaluated_at""",
+                    (event_id, result.rule, int(result.matched), result.reason, result.mode, result.throttle_key,
+                     result.error, config_version, iso(now)),
+                )  # fmt: skip
+                if not result.matched:
+                    continue
+                throttled = result.throttle_key is not None and not self._take_throttle(
+                    conn, result.rule, result.throttle_key, result.throttle_window or 0, event_id, now
+                )
+                for action in result.actions:
+                    if action.error is not None:
+                        status = DEAD
+                    elif throttled:
+                        status = THROTTLED
+                    else:
+                        status = SHADOW if result.mode == "shadow" else PENDING
+                    identifier = action_id(event_id, result.rule, action.index)
+                    cursor = conn.execute(
+                        """INSERT INTO actions (id, event_id, rule, action_index, type, mode, params, status, error,
+                                                attempts, created_at, updated_at, config_version)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)
+                           ON CONFLICT(id) DO NOTHING""",
+                        (identifier, event_id, result.rule, action.index, action.type, result.mode,
+                         json.dumps(action.params, ensure_ascii=False, default=str), status, action.error,
+                         iso(now), iso(now), config_version),
+                    )  # fmt: skip
+                    if cursor.rowcount == 1 and status == PENDING:
+                        pending.append(identifier)
+            matched = any(result.matched for result in results)
+            conn.execute(
+                """UPDATE events SET status = ?, outcome = ?, error = NULL, finished_at = ?, config_version = ?
+                   WHERE id = ?""",
+                (DONE, "matched" if matched else "no_rule_matched", iso(now), config_version, event_id),
+            )
+        return pending
+
+    @staticmethod
+    def _take_throttle(
+        conn: sqlite3.Connection, rule: str, key: str, window: float, event_id: str, now: datetime
+    ) -> bool:
+        """Whether this event may run the rule's actions for `key` (and, if so, start a new window)."""
+        cursor = conn.execute(
+            """INSERT INTO throttles (rule, key, until, event_id) VALUES (?, ?, ?, ?)
+               ON CONFLICT(rule, key) DO UPDATE SET until = excluded.until, event_id = excluded.event_id
+               WHERE throttles.until <= ? OR throttles.event_id = excluded.event_id""",
+            (rule, key, iso(now + timedelta(seconds=window)), event_id, iso(now)),
+        )
+        return cursor.rowcount == 1
+
+    def evaluations(self, event_id: str) -> list[dict]:
+        """What each rule made of an event, in the order they were recorded."""
+        return list(self.db.query("SELECT * FROM evaluations WHERE event_id = ? ORDER BY rowid", (event_id,)))
+
+    def actions(self, event_id: str) -> list[dict]:
+        """An event's actions."""
+        return list(self.db.query("SELECT * FROM actions WHERE event_id = ? ORDER BY rowid", (event_id,)))
 
     def unfinished(self, received_before: datetime, limit: int = 1000) -> list[str]:
         """Ids of events received before a moment and not finished, oldest first."""

@@ -17,18 +17,63 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
-from .config import Config, load_config
+from rules.engine import evaluate
+
+from .config import Config, ConfigError, load_config
 from .queue import EventQueue, redact, redis_client
-from .store import DONE, Store, StoreUnavailable
+from .store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+
+class ConfigWatcher:
+    """The config in force, re-read when its file changes; a broken new file is refused, loudly."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.path = config.file
+        self._stamp = self._stat()
+
+    def _stat(self) -> tuple | None:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return None
+        return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+    def current(self) -> Config:
+        """The last good config; a changed file is loaded first (costs one stat when unchanged)."""
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return self.config
+        self._stamp = stamp
+        try:
+            fresh = load_config(self.path)
+        except ConfigError as exc:
+            log.error(
+                "config %s changed but has %d error(s); version %s stays in force:\n%s",
+                self.path,
+                len(exc.errors),
+                self.config.digest,
+                exc,
+            )
+            return self.config
+        if fresh.digest != self.config.digest:
+            log.info(
+                "config reloaded: version %s -> %s (%d rule(s))", self.config.digest, fresh.digest, len(fresh.rules)
+            )
+            for section in ("storage", "queue"):
+                if getattr(fresh, section) != getattr(self.config, section):
+                    log.warning("config %s: changes to %s: take effect when the workers restart", self.path, section)
+        self.config = fresh
+        return fresh
 
 
 @dataclass
 class WorkerContext:
     """What jobs in this process work with; built once per worker process."""
 
-    config: Config
+    watcher: ConfigWatcher
     store: Store
     queue: EventQueue
 
@@ -38,7 +83,12 @@ class WorkerContext:
         store = Store(config.storage_path, config.storage.busy_timeout)
         store.migrate()
         queue = EventQueue(config.queue.redis_url, config.queue.name, store, cooldown=0)
-        return cls(config, store, queue)
+        return cls(ConfigWatcher(config), store, queue)
+
+    @property
+    def config(self) -> Config:
+        """The config in force now (hot-reloaded)."""
+        return self.watcher.current()
 
 
 _context: WorkerContext | None = None
@@ -59,16 +109,37 @@ def use_context(ctx: WorkerContext | None) -> None:
 
 
 def process_event(event_id: str) -> dict:
-    """RQ job: process one stored event. Running it twice for one event does nothing the second time."""
+    """RQ job: run the rules on one stored event and record what they made of it.
+
+    Running it twice for one event does nothing the second time.
+    """
     ctx = context()
+    config = ctx.config
     event = ctx.store.claim(event_id)
     if event is None:
         log.info("skip event=%s: already processed or being processed", event_id)
         return {"event": event_id, "skipped": True}
-    outcome = "no_rule_matched"  # with no rules configured, every event matches none
-    ctx.store.finish(event_id, DONE, outcome, None, ctx.config.digest)
-    log.info("processed event=%s type=%s outcome=%s", event_id, event.type, outcome)
-    return {"event": event_id, "outcome": outcome}
+    results = evaluate(config.rules, event)
+    pending = ctx.store.record_evaluation(event_id, results, config.digest)
+    matched = [r.rule for r in results if r.matched]
+    log.info(
+        "processed event=%s type=%s config=%s matched=%s actions_pending=%d",
+        event_id,
+        event.type,
+        config.digest,
+        ",".join(matched) or "-",
+        len(pending),
+    )
+    return {"event": event_id, "matched": matched, "pending": pending}
+
+
+class Gu1Worker(Worker):
+    """RQ's forking worker that brings the config up to date before each job's fork."""
+
+    def execute_job(self, job, queue):  # noqa: ANN001 - RQ's signature
+        if _context is not None:
+            _context.watcher.current()
+        return super().execute_job(job, queue)
 
 
 class Sweeper(threading.Thread):
@@ -125,12 +196,17 @@ def run_worker(config: Config, *, burst: bool = False, with_scheduler: bool = Tr
     wait_for_redis(config.queue.redis_url)
     sweeper = Sweeper(ctx.queue, config.queue.sweep_interval)
     swept = sweeper.sweep_once()
-    log.info("worker start: config %s, %d stored event(s) queued by the start-up sweep", config.digest, len(swept))
+    log.info(
+        "worker start: config %s (%d rule(s)), %d stored event(s) queued by the start-up sweep",
+        config.digest,
+        len(config.rules),
+        len(swept),
+    )
     if not burst:
         sweeper.start()
     connection = redis_client(config.queue.redis_url, connect_timeout=5, timeout=None)
     queue = Queue(config.queue.name, connection=connection, serializer=JSONSerializer)
-    worker = Worker([queue], connection=connection, serializer=JSONSerializer)
+    worker = Gu1Worker([queue], connection=connection, serializer=JSONSerializer)
     try:
         worker.work(
             burst=burst, with_scheduler=with_scheduler, logging_level=logging.getLevelName(log.getEffectiveLevel())
