@@ -65,7 +65,7 @@ def main() -> None:
         headers = [gu1_headers(b) for b in bodies]
         rounds = ROUNDS if size < 1_000_000 else 60
 
-        def post(n: int) -> None:
+        def post(n: int, bodies: list[bytes] = bodies, headers: list[dict] = headers) -> None:
             response = client.post("/webhooks/gu1", data=bodies[n], headers=headers[n])
             assert response.status_code in (200, 202), response.json
 

@@ -59,8 +59,17 @@ def test_run_starts_redis_receiver_and_workers_and_stops_cleanly(tmp_path):
     config.write_text(CONFIG.format(redis_port=redis_port))
     env = {k: v for k, v in os.environ.items() if k != "RUN_TEST_GU1_SECRET"}
     process = subprocess.Popen(
-        [sys.executable, "app.py", "--config", str(config), "run", "--bind", f"127.0.0.1:{http_port}",
-         "--workers", "1"],
+        [
+            sys.executable,
+            "app.py",
+            "--config",
+            str(config),
+            "run",
+            "--bind",
+            f"127.0.0.1:{http_port}",
+            "--workers",
+            "1",
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
