@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import click
@@ -144,6 +145,9 @@ def serve(ctx: click.Context, bind: str, workers: int, threads: int) -> None:
                 "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
                 "proc_name": "gu1-sync-receiver",
                 "control_socket_disable": True,  # one fixed path per user: two receivers would collide
+                # No keep-alive: after an early answer (a 413 before the body is read) gunicorn would
+                # otherwise read and discard the rest of the body to reuse the connection.
+                "keepalive": 0,
             }
             for key, value in settings.items():
                 self.cfg.set(key, value)
@@ -207,3 +211,93 @@ def run(ctx: click.Context, bind: str, workers: int) -> None:
     config = _config(ctx)
     var_dir = Path(config.storage_path).resolve().parent
     sys.exit(Supervisor(ctx.obj["config_path"], bind, workers, var_dir).run(config.queue.redis_url))
+
+
+def _since(text: str | None) -> str | None:
+    """An ISO timestamp, or a duration back from now (30m, 2h, 1d)."""
+    from .timeutil import iso, parse_duration, parse_iso, utcnow
+
+    if text is None:
+        return None
+    moment = parse_iso(text)
+    if moment is not None:
+        return iso(moment)
+    try:
+        return iso(utcnow() - timedelta(seconds=parse_duration(text)))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither an ISO timestamp nor a duration such as 2h") from None
+
+
+def _context(ctx: click.Context):
+    from .worker import WorkerContext
+
+    return WorkerContext.from_config(_config(ctx))
+
+
+@cli.command()
+@click.option("--limit", default=20, show_default=True)
+@click.option("--status", help="Only events in this status: received, processing, done, invalid.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def events(ctx: click.Context, limit: int, status: str | None, as_json: bool) -> None:
+    """Recent events and what became of them."""
+    from . import report
+
+    rows = report.recent_events(_context(ctx).store, limit, status)
+    click.echo(report.as_json(rows) if as_json else report.format_events(rows))
+
+
+@cli.command()
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show(ctx: click.Context, event_id: str, as_json: bool) -> None:
+    """The whole trace of one event: receipt, rules and why, each action's attempts and result."""
+    from . import report
+
+    work = _context(ctx)
+    data = report.trace(work.store, work.actions, event_id)
+    if data is None:
+        click.echo(f"no event {event_id!r}", err=True)
+        sys.exit(1)
+    click.echo(report.as_json(data) if as_json else report.format_trace(data))
+
+
+@cli.command()
+@click.option("--since", help="ISO timestamp, or how far back: 30m, 2h, 7d.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def failed(ctx: click.Context, since: str | None, as_json: bool) -> None:
+    """Dead letters: actions that failed for good, with their last error."""
+    from . import report
+
+    rows = _context(ctx).actions.failed(_since(since))
+    click.echo(report.as_json(rows) if as_json else report.format_failed(rows))
+
+
+@cli.command()
+@click.argument("event_id", required=False)
+@click.option("--action", "action_id", help="Only this action.")
+@click.option("--since", help="Every dead action since then: ISO timestamp, or 30m, 2h, 7d.")
+@click.pass_context
+def replay(ctx: click.Context, event_id: str | None, action_id: str | None, since: str | None) -> None:
+    """Run dead actions again with the config in force now: one event's, one action, or all since a time."""
+    from .delivery import replay as run_replay
+
+    if sum(x is not None for x in (event_id, action_id, since)) != 1:
+        raise click.UsageError("give one of: EVENT_ID, --action ACTION_ID, --since TIME")
+    lines = run_replay(_context(ctx), event_id=event_id, action_id=action_id, since=_since(since))
+    click.echo("\n".join(lines) if lines else "nothing to replay")
+    if any(": no such " in line for line in lines):
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def stats(ctx: click.Context, as_json: bool) -> None:
+    """Per rule and per connector: totals, successes, failures, last success, last failure."""
+    from . import report
+
+    data = _context(ctx).actions.stats()
+    click.echo(report.as_json(data) if as_json else report.format_stats(data))
