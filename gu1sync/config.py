@@ -15,7 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import Discriminator, Field, PrivateAttr, StringConstraints, Tag, ValidationError, field_validator
 
-from rules.model import ConfigTest, Rule
+from connectors import ConnectorSettings
+from rules.model import DEFAULT_RETRY, ConfigTest, RetrySettings, Rule
 from rules.validate import LoadedTest, check_rules, load_tests
 
 from .configfile import ConfigError, Document, Problem, interpolate, parse_yaml
@@ -115,6 +116,10 @@ class Config(StrictModel):
     sources: Annotated[dict[Name, Source], Field(min_length=1)] = Field(
         description="Webhook senders; each is served at POST /webhooks/<name>."
     )
+    connectors: ConnectorSettings = Field(
+        ConnectorSettings(), description="Salesforce and Slack; a connector without credentials runs dry."
+    )
+    retry: RetrySettings = Field(DEFAULT_RETRY, description="How failed actions are retried (rules may override).")
     rules: list[Rule] = Field([], description="What to do with events; see README, Rules.")
     tests: Annotated[
         Annotated[list[ConfigTest], Tag("list")] | Annotated[str, Tag("file")],
@@ -152,6 +157,12 @@ class Config(StrictModel):
     def rule(self, name: str) -> Rule | None:
         """The rule of that name."""
         return next((rule for rule in self.rules if rule.name == name), None)
+
+    def retry_for(self, rule_name: str) -> RetrySettings:
+        """The retry policy for a rule's actions: the rule's own settings over the top-level ones."""
+        rule = self.rule(rule_name)
+        own = rule.retry.model_dump(exclude_none=True) if rule is not None and rule.retry else {}
+        return RetrySettings(**{**DEFAULT_RETRY.model_dump(), **self.retry.model_dump(exclude_none=True), **own})
 
     @property
     def storage_path(self) -> str:

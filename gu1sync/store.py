@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import sqlite_utils
 
 from .event import Event
+from .migrations import MIGRATIONS
 
 if TYPE_CHECKING:
     from rules.engine import RuleResult
@@ -33,113 +34,14 @@ UNFINISHED = (RECEIVED, PROCESSING)
 PENDING, SHADOW, THROTTLED, DEAD = "pending", "shadow", "throttled", "dead"
 
 
+def first_job(action_id: str) -> str:
+    """The RQ job id of an action's first attempt (the n-th is `<action id>-<n>`)."""
+    return f"{action_id}-1"
+
+
 def action_id(event_id: str, rule: str, index: int) -> str:
     """The idempotency key of one action of one rule for one event (safe as an RQ job id)."""
     return "act_" + hashlib.sha256(f"{event_id}\0{rule}\0{index}".encode()).hexdigest()[:32]
-
-
-def _migration_1(db: sqlite_utils.Database) -> None:
-    db["events"].create(
-        {
-            "id": str,
-            "dedupe_key": str,
-            "source": str,
-            "kind": str,
-            "environment": str,
-            "type": str,
-            "subject": str,
-            "occurred_at": str,
-            "received_at": str,
-            "secret": str,
-            "raw": bytes,
-            "status": str,
-            "outcome": str,
-            "error": str,
-            "started_at": str,
-            "finished_at": str,
-            "config_version": str,
-        },
-        pk="id",
-        not_null={"dedupe_key", "source", "kind", "environment", "received_at", "raw", "status"},
-    )
-    db["events"].create_index(["status", "received_at"])
-    db["events"].create_index(["received_at"])
-    db["events"].create_index(["subject"])
-    db["deliveries"].create(
-        {
-            "id": int,
-            "event_id": str,
-            "source": str,
-            "received_at": str,
-            "secret": str,
-            "duplicate": int,
-            "headers": str,
-        },
-        pk="id",
-        not_null={"event_id", "source", "received_at", "duplicate"},
-        foreign_keys=[("event_id", "events", "id")],
-    )
-    db["deliveries"].create_index(["event_id"])
-    db["rejections"].create(
-        {"source": str, "reason": str, "status": int, "count": int, "first_at": str, "last_at": str},
-        pk=("source", "reason"),
-        not_null={"status", "count", "first_at", "last_at"},
-    )
-    db["meta"].create({"key": str, "value": str}, pk="key")
-
-
-def _migration_2(db: sqlite_utils.Database) -> None:
-    # What each rule made of each event, and why.
-    db["evaluations"].create(
-        {
-            "event_id": str,
-            "rule": str,
-            "matched": int,
-            "reason": str,
-            "mode": str,
-            "throttle_key": str,
-            "error": str,
-            "config_version": str,
-            "evaluated_at": str,
-        },
-        pk=("event_id", "rule"),
-        not_null={"matched", "config_version", "evaluated_at"},
-        foreign_keys=[("event_id", "events", "id")],
-    )
-    # One row per action of a matched rule; its id is the idempotency key (event, rule, index).
-    db["actions"].create(
-        {
-            "id": str,
-            "event_id": str,
-            "rule": str,
-            "action_index": int,
-            "type": str,
-            "mode": str,
-            "params": str,
-            "status": str,
-            "error": str,
-            "attempts": int,
-            "created_at": str,
-            "updated_at": str,
-            "config_version": str,
-        },
-        pk="id",
-        not_null={"event_id", "rule", "action_index", "type", "status", "attempts", "created_at", "updated_at"},
-        defaults={"attempts": 0},
-        foreign_keys=[("event_id", "events", "id")],
-    )
-    db["actions"].create_index(["event_id", "rule", "action_index"], unique=True)
-    db["actions"].create_index(["status", "updated_at"])
-    # Throttle windows: a key's actions ran at window_start; until `until`, its matches are throttled.
-    db["throttles"].create(
-        {"rule": str, "key": str, "until": str, "event_id": str},
-        pk=("rule", "key"),
-        not_null={"until", "event_id"},
-    )
-
-
-# Append only: each entry moves the file from user_version N to N + 1.
-MIGRATIONS = [_migration_1, _migration_2]
 
 
 class StoreUnavailable(Exception):
@@ -313,9 +215,18 @@ class Store:
                            reason = excluded.reason, mode = excluded.mode, throttle_key = excluded.throttle_key,
                            error = excluded.error, config_version = excluded.config_version,
                            evaluated_at = excluded.evaluated_at""",
-                    (event_id, result.rule, int(result.matched), result.reason, result.mode, result.throttle_key,
-                     result.error, config_version, iso(now)),
-                )  # fmt: skip
+                    (
+                        event_id,
+                        result.rule,
+                        int(result.matched),
+                        result.reason,
+                        result.mode,
+                        result.throttle_key,
+                        result.error,
+                        config_version,
+                        iso(now),
+                    ),
+                )
                 if not result.matched:
                     continue
                 throttled = result.throttle_key is not None and not self._take_throttle(
@@ -331,13 +242,25 @@ class Store:
                     identifier = action_id(event_id, result.rule, action.index)
                     cursor = conn.execute(
                         """INSERT INTO actions (id, event_id, rule, action_index, type, mode, params, status, error,
-                                                attempts, created_at, updated_at, config_version)
-                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)
+                                                attempts, created_at, updated_at, config_version, job_id)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)
                            ON CONFLICT(id) DO NOTHING""",
-                        (identifier, event_id, result.rule, action.index, action.type, result.mode,
-                         json.dumps(action.params, ensure_ascii=False, default=str), status, action.error,
-                         iso(now), iso(now), config_version),
-                    )  # fmt: skip
+                        (
+                            identifier,
+                            event_id,
+                            result.rule,
+                            action.index,
+                            action.type,
+                            result.mode,
+                            json.dumps(action.params, ensure_ascii=False, default=str),
+                            status,
+                            action.error,
+                            iso(now),
+                            iso(now),
+                            config_version,
+                            first_job(identifier) if status == PENDING else None,
+                        ),
+                    )
                     if cursor.rowcount == 1 and status == PENDING:
                         pending.append(identifier)
             matched = any(result.matched for result in results)

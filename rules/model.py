@@ -35,6 +35,17 @@ class Throttle(StrictModel):
         return compile_value(value)
 
 
+class RetrySettings(StrictModel):
+    """How a failed action is retried: exponential back-off with jitter, bounded."""
+
+    max_attempts: int | None = Field(None, ge=1, le=50, description="Attempts in all, the first included (6).")
+    backoff: Annotated[Duration | None, Field(gt=0)] = Field(None, description="Wait before the 2nd attempt (10s).")
+    max_backoff: Annotated[Duration | None, Field(gt=0)] = Field(None, description="Longest wait (15m).")
+
+
+DEFAULT_RETRY = RetrySettings(max_attempts=6, backoff=10, max_backoff=900)
+
+
 class Rule(StrictModel):
     """On which events, under which conditions, which actions run with which values."""
 
@@ -55,6 +66,7 @@ class Rule(StrictModel):
         None, description="Conditions; a list means all of them.", json_schema_extra=many_means_all
     )
     throttle: Throttle | None = None
+    retry: RetrySettings | None = Field(None, description="Overrides the top-level retry: for this rule's actions.")
     actions: Annotated[list[Action], Field(min_length=1)]
 
     _patterns: tuple[re.Pattern, ...] = PrivateAttr(())

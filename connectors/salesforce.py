@@ -1,0 +1,278 @@
+"""Salesforce through simple-salesforce: upsert, update, create.
+
+One client per worker process, logged in once and reused; a fresh login when the session expires
+(once per call); a timeout on every HTTP call. `classify` is the one place that decides which
+failures are worth retrying.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+import requests
+from pydantic import Field, model_validator
+from simple_salesforce import Salesforce, SalesforceLogin
+from simple_salesforce.exceptions import (
+    SalesforceAuthenticationFailed,
+    SalesforceError,
+    SalesforceExpiredSession,
+    SalesforceMoreThanOneRecord,
+)
+from simple_salesforce.format import format_soql
+
+from gu1sync.schema import Duration, SecretValue, StrictModel
+
+from .base import ActionError, ActionMeta, Result
+
+log = logging.getLogger(__name__)
+
+# Salesforce error codes that clear up by themselves.
+RETRYABLE_CODES = {"UNABLE_TO_LOCK_ROW", "REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE", "QUERY_TIMEOUT"}
+
+
+class SessionAuth(StrictModel):
+    """An existing session: it cannot be renewed, so when it expires actions fail until it is replaced."""
+
+    method: Literal["session"]
+    instance_url: str = Field(description="https://yourcompany.my.salesforce.com")
+    session_id: SecretValue
+
+
+class PasswordAuth(StrictModel):
+    """Username, password and security token (SOAP login)."""
+
+    method: Literal["password"]
+    username: str
+    password: SecretValue
+    security_token: SecretValue | None = Field(None, description="Not needed when the server's IP is allowed.")
+    domain: str = Field("login", description="login, test (sandbox), or your My Domain (yourcompany.my).")
+
+
+class ClientCredentialsAuth(StrictModel):
+    """OAuth 2.0 client credentials of a connected app (needs your My Domain)."""
+
+    method: Literal["client_credentials"]
+    client_id: SecretValue
+    client_secret: SecretValue
+    domain: str = Field(description="Your My Domain, e.g. yourcompany.my (not login or test).")
+
+    @model_validator(mode="after")
+    def _my_domain(self) -> ClientCredentialsAuth:
+        if self.domain in ("login", "test"):
+            raise ValueError("client credentials need your My Domain (e.g. yourcompany.my), not login or test")
+        return self
+
+
+class JwtAuth(StrictModel):
+    """OAuth 2.0 JWT bearer flow: a connected app's consumer key and the private key of its certificate."""
+
+    method: Literal["jwt"]
+    username: str
+    client_id: SecretValue = Field(description="The connected app's consumer key.")
+    private_key: SecretValue | None = Field(None, description="The PEM key, from the environment.")
+    private_key_file: str | None = Field(None, description="Or a path to the PEM key file.")
+    domain: str = Field("login", description="login, test, or your My Domain.")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> JwtAuth:
+        if (self.private_key is None) == (self.private_key_file is None):
+            raise ValueError("give private_key or private_key_file")
+        return self
+
+
+class SalesforceSettings(StrictModel):
+    """`connectors.salesforce`: without `auth`, Salesforce actions run dry (recorded, never sent)."""
+
+    auth: (
+        Annotated[SessionAuth | PasswordAuth | ClientCredentialsAuth | JwtAuth, Field(discriminator="method")] | None
+    ) = None
+    api_version: str = Field("59.0", pattern=r"^\d+\.\d$")
+    timeout: Duration = Field(15, gt=0, description="For every HTTP call to Salesforce.")
+
+
+class TimeoutSession(requests.Session):
+    """A requests session that never waits forever: simple-salesforce sets no timeout of its own."""
+
+    def __init__(self, timeout: float):
+        super().__init__()
+        self.timeout = timeout
+
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        kwargs.setdefault("timeout", self.timeout)
+        return super().request(method, url, **kwargs)
+
+
+def _error_code(content: Any) -> str | None:
+    """The errorCode of a Salesforce error body (a list of {errorCode, message})."""
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return content[0].get("errorCode")
+    if isinstance(content, dict):
+        return content.get("errorCode") or content.get("error")
+    return None
+
+
+def _error_message(content: Any) -> str:
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return str(content[0].get("message", content[0]))[:500]
+    return str(content)[:500]
+
+
+def classify(exc: Exception) -> ActionError:
+    """Retryable or permanent, for every way a Salesforce call can fail."""
+    if isinstance(exc, ActionError):
+        return exc
+    if isinstance(exc, requests.Timeout):
+        return ActionError(f"timed out: {type(exc).__name__}", retryable=True)
+    if isinstance(exc, requests.ConnectionError):
+        return ActionError(f"cannot reach Salesforce: {type(exc).__name__}", retryable=True)
+    if isinstance(exc, requests.RequestException):
+        return ActionError(f"HTTP error: {type(exc).__name__}", retryable=True)
+    if isinstance(exc, SalesforceAuthenticationFailed):
+        # A login endpoint that is down is worth retrying; refused credentials are not.
+        status = exc.code if isinstance(exc.code, int) else None
+        return ActionError(
+            f"login failed: {exc.code}: {exc.auth_message[:300]}",
+            retryable=status is not None and status >= 500,
+            status_code=status,
+            code=str(exc.code),
+        )
+    if isinstance(exc, SalesforceError):
+        code = _error_code(exc.content)
+        message = f"{exc.status} {code or ''}: {_error_message(exc.content)}".replace("  ", " ")
+        if isinstance(exc, SalesforceMoreThanOneRecord):
+            return ActionError(
+                f"more than one record matches: {_error_message(exc.content)}",
+                retryable=False,
+                status_code=300,
+                code="MULTIPLE_CHOICES",
+            )
+        if code in RETRYABLE_CODES:
+            return ActionError(message, retryable=True, status_code=exc.status, code=code)
+        if isinstance(exc, SalesforceExpiredSession):
+            return ActionError(message, retryable=True, status_code=401, code=code)
+        if exc.status == 429:
+            return ActionError(message, retryable=True, status_code=429, code=code)
+        retryable = exc.status >= 500
+        return ActionError(message, retryable=retryable, status_code=exc.status, code=code)
+    return ActionError(f"unexpected {type(exc).__name__}: {exc}", retryable=False)
+
+
+class SalesforceConnector:
+    """Carries out salesforce.* actions."""
+
+    name = "salesforce"
+
+    def __init__(self, settings: SalesforceSettings, session: requests.Session | None = None):
+        self.settings = settings
+        self.dry_run = settings.auth is None
+        self.session = session if session is not None else TimeoutSession(settings.timeout)
+        self._client: Salesforce | None = None
+        self.logins = 0
+
+    def _login(self) -> Salesforce:
+        auth, version = self.settings.auth, self.settings.api_version
+        self.logins += 1
+        if isinstance(auth, SessionAuth):
+            return Salesforce(
+                session_id=auth.session_id.value, instance_url=auth.instance_url, session=self.session, version=version
+            )
+        if isinstance(auth, PasswordAuth):
+            credentials = dict(
+                username=auth.username,
+                password=auth.password.value,
+                security_token=auth.security_token.value if auth.security_token else "",
+            )
+        elif isinstance(auth, ClientCredentialsAuth):
+            credentials = dict(consumer_key=auth.client_id.value, consumer_secret=auth.client_secret.value)
+        else:
+            credentials = dict(
+                username=auth.username,
+                consumer_key=auth.client_id.value,
+                privatekey=auth.private_key.value if auth.private_key else None,
+                privatekey_file=auth.private_key_file,
+            )
+        # simple-salesforce's own login; the client then uses that session directly, so that a
+        # 401 comes back to us (its built-in refresh recurses without limit on repeated 401s).
+        session_id, instance = SalesforceLogin(
+            session=self.session, sf_version=version, domain=auth.domain, **credentials
+        )
+        log.info("salesforce: logged in (%s) to %s", auth.method, instance)
+        return Salesforce(session_id=session_id, instance=instance, session=self.session, version=version)
+
+    def client(self) -> Salesforce:
+        """The logged-in client, reused across calls."""
+        if self._client is None:
+            self._client = self._login()
+        return self._client
+
+    def execute(self, action_type: str, params: dict[str, Any], meta: ActionMeta) -> Result:
+        """One action; an expired session is renewed once (login-based auth) and the call made again."""
+        try:
+            try:
+                return self._call(action_type, params)
+            except SalesforceExpiredSession:
+                if isinstance(self.settings.auth, SessionAuth):
+                    raise ActionError(
+                        "the session in connectors.salesforce.auth expired; give a new one (or login "
+                        "credentials) and replay",
+                        retryable=False,
+                        status_code=401,
+                        code="INVALID_SESSION_ID",
+                    ) from None
+                self._client = None
+                log.info("salesforce: session expired; logging in again")
+                return self._call(action_type, params)
+        except Exception as exc:  # every failure is classified in one place
+            raise classify(exc) from exc
+
+    def _call(self, action_type: str, params: dict[str, Any]) -> Result:
+        sf = self.client()
+        sobject = getattr(sf, params["object"])
+        fields = params["fields"]
+        if action_type == "salesforce.upsert":
+            status = sobject.upsert(
+                f"{params['external_id_field']}/{quote(str(params['external_id']), safe='')}", fields
+            )
+            return Result(status, "created" if status == 201 else "updated")
+        if action_type == "salesforce.update":
+            record_id = params.get("record_id") or self._find(sf, params)
+            status = sobject.update(quote(str(record_id), safe=""), fields)
+            return Result(status, f"updated {record_id}")
+        if action_type == "salesforce.create":
+            created = sobject.create(fields)
+            return Result(201, f"created {created.get('id')}")
+        raise ActionError(f"salesforce cannot {action_type}", retryable=False)
+
+    @staticmethod
+    def _find(sf: Salesforce, params: dict[str, Any]) -> str:
+        """The Id of the one record whose external id field has the value (an update never creates)."""
+        soql = format_soql(
+            "SELECT Id FROM {:literal} WHERE {:literal} = {} LIMIT 2",
+            params["object"],
+            params["external_id_field"],
+            str(params["external_id"]),
+        )
+        records = sf.query(soql)["records"]
+        if len(records) != 1:
+            found = "no" if not records else "more than one"
+            raise ActionError(
+                f"{found} {params['object']} with {params['external_id_field']} = {params['external_id']!r}",
+                retryable=False,
+                status_code=404 if not records else 300,
+                code="NOT_FOUND" if not records else "MULTIPLE_CHOICES",
+            )
+        return records[0]["Id"]
+
+
+def target_of(action_type: str, params: dict[str, Any]) -> str | None:
+    """The record an update or upsert writes, for ordering (creates always make a new one)."""
+    if action_type == "salesforce.upsert" or (action_type == "salesforce.update" and not params.get("record_id")):
+        return f"salesforce:{params['object']}:{params['external_id_field']}:{params['external_id']}"
+    if action_type == "salesforce.update":
+        return f"salesforce:{params['object']}:Id:{params['record_id']}"
+    return None
+
+
+__all__ = ["SalesforceConnector", "SalesforceSettings", "classify", "target_of"]

@@ -1,0 +1,136 @@
+"""Slack through slack-sdk: chat.postMessage with a bot token, or an incoming webhook.
+
+slack-sdk's own retry handlers are turned off: a retry waits in the queue, never in a worker.
+`classify` is the one place that decides which failures are worth retrying.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import urllib.error
+from typing import Any
+
+from pydantic import Field, model_validator
+from slack_sdk import WebClient, WebhookClient
+from slack_sdk.errors import SlackApiError, SlackRequestError
+
+from gu1sync.schema import Duration, SecretValue, StrictModel
+
+from .base import ActionError, ActionMeta, Result, retry_after_seconds
+
+log = logging.getLogger(__name__)
+
+# `ok: false` errors that clear up by themselves; every other one needs a person.
+RETRYABLE_ERRORS = {"ratelimited", "service_unavailable", "fatal_error", "internal_error", "request_timeout"}
+
+
+class SlackSettings(StrictModel):
+    """`connectors.slack`: a bot token, or an incoming webhook; with neither, Slack actions run dry."""
+
+    token: SecretValue | None = Field(None, description="Bot token (xoxb-...), posts with chat.postMessage.")
+    webhook_url: SecretValue | None = Field(None, description="Incoming webhook URL, if there is no token.")
+    base_url: str = Field("https://slack.com/api/", description="The Web API's base URL.")
+    timeout: Duration = Field(15, gt=0, description="For every call to Slack.")
+
+    @model_validator(mode="after")
+    def _https(self) -> SlackSettings:
+        if not self.base_url.startswith(("https://", "http://")):
+            raise ValueError("base_url is an http(s) URL")
+        return self
+
+
+def classify(exc: Exception) -> ActionError:
+    """Retryable or permanent, for every way a Slack call can fail."""
+    if isinstance(exc, ActionError):
+        return exc
+    if isinstance(exc, SlackApiError):
+        response = exc.response
+        status = response.status_code
+        error = response.get("error") if isinstance(response.data, dict) else None
+        if not (isinstance(error, str) and re.fullmatch(r"[a-z_]+", error)):
+            error = None  # slack-sdk's own words about a non-JSON answer, not a Slack error code
+        if status == 429 or error == "ratelimited":
+            return ActionError(
+                "rate limited by Slack",
+                retryable=True,
+                status_code=status,
+                code="ratelimited",
+                retry_after=retry_after_seconds(
+                    response.headers.get("Retry-After") or response.headers.get("retry-after")
+                ),
+            )
+        if status >= 500 or error in RETRYABLE_ERRORS:
+            return ActionError(f"Slack {status} {error or ''}".strip(), retryable=True, status_code=status, code=error)
+        return ActionError(f"Slack says {error or status}", retryable=False, status_code=status, code=error)
+    if isinstance(exc, urllib.error.HTTPError):  # from the webhook client, which does not raise its own
+        return ActionError(f"HTTP {exc.code}", retryable=exc.code >= 500 or exc.code == 429, status_code=exc.code)
+    if isinstance(exc, OSError):  # URLError, timeouts, refused and reset connections
+        return ActionError(f"cannot reach Slack: {type(exc).__name__}", retryable=True)
+    if isinstance(exc, SlackRequestError):
+        return ActionError(f"bad request to Slack: {exc}", retryable=False)
+    return ActionError(f"unexpected {type(exc).__name__}: {exc}", retryable=False)
+
+
+def classify_webhook(status: int, body: str, headers: dict[str, Any]) -> ActionError | None:
+    """An incoming webhook answers with a status and a word; None when it was posted."""
+    if status == 200:
+        return None
+    word = (body or "").strip()[:100] or None
+    if status == 429:
+        return ActionError(
+            "rate limited by Slack",
+            retryable=True,
+            status_code=429,
+            code=word,
+            retry_after=retry_after_seconds(headers.get("Retry-After") or headers.get("retry-after")),
+        )
+    return ActionError(
+        f"Slack webhook {status} {word or ''}".strip(), retryable=status >= 500, status_code=status, code=word
+    )
+
+
+class SlackConnector:
+    """Carries out slack.post."""
+
+    name = "slack"
+
+    def __init__(self, settings: SlackSettings):
+        self.settings = settings
+        self.dry_run = settings.token is None and settings.webhook_url is None
+        timeout = max(1, round(settings.timeout))
+        self._web = (
+            WebClient(token=settings.token.value, base_url=settings.base_url, timeout=timeout, retry_handlers=[])
+            if settings.token
+            else None
+        )
+        self._hook = (
+            WebhookClient(settings.webhook_url.value, timeout=timeout, retry_handlers=[])
+            if settings.webhook_url and not settings.token
+            else None
+        )
+
+    def execute(self, action_type: str, params: dict[str, Any], meta: ActionMeta) -> Result:
+        """Post one message."""
+        if action_type != "slack.post":
+            raise ActionError(f"slack cannot {action_type}", retryable=False)
+        text, blocks = params.get("text"), params.get("blocks")
+        try:
+            if self._web is not None:
+                if not params.get("channel"):
+                    raise ActionError("slack.post needs a channel when posting with a bot token", retryable=False)
+                response = self._web.chat_postMessage(
+                    channel=params["channel"],
+                    text=text,
+                    blocks=blocks,
+                    # The action id travels with the message, so a post can be traced back to its action.
+                    metadata={"event_type": "gu1_sync_action", "event_payload": {"action_id": meta.action_id}},
+                )
+                return Result(response.status_code, f"posted ts {response.get('ts')} in {response.get('channel')}")
+            response = self._hook.send(text=text, blocks=blocks)
+            problem = classify_webhook(response.status_code, response.body, dict(response.headers or {}))
+            if problem is not None:
+                raise problem
+            return Result(response.status_code, "posted via incoming webhook")
+        except Exception as exc:  # every failure is classified in one place
+            raise classify(exc) from exc

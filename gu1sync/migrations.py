@@ -1,0 +1,152 @@
+"""The SQLite schema, as a list of migrations: a file at user_version N gets migrations N+1 onwards.
+
+Append only. Never edit a migration that has shipped: add the next one.
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    db["events"].create(
+        {
+            "id": str,
+            "dedupe_key": str,
+            "source": str,
+            "kind": str,
+            "environment": str,
+            "type": str,
+            "subject": str,
+            "occurred_at": str,
+            "received_at": str,
+            "secret": str,
+            "raw": bytes,
+            "status": str,
+            "outcome": str,
+            "error": str,
+            "started_at": str,
+            "finished_at": str,
+            "config_version": str,
+        },
+        pk="id",
+        not_null={"dedupe_key", "source", "kind", "environment", "received_at", "raw", "status"},
+    )
+    db["events"].create_index(["status", "received_at"])
+    db["events"].create_index(["received_at"])
+    db["events"].create_index(["subject"])
+    db["deliveries"].create(
+        {
+            "id": int,
+            "event_id": str,
+            "source": str,
+            "received_at": str,
+            "secret": str,
+            "duplicate": int,
+            "headers": str,
+        },
+        pk="id",
+        not_null={"event_id", "source", "received_at", "duplicate"},
+        foreign_keys=[("event_id", "events", "id")],
+    )
+    db["deliveries"].create_index(["event_id"])
+    db["rejections"].create(
+        {"source": str, "reason": str, "status": int, "count": int, "first_at": str, "last_at": str},
+        pk=("source", "reason"),
+        not_null={"status", "count", "first_at", "last_at"},
+    )
+    db["meta"].create({"key": str, "value": str}, pk="key")
+
+
+def _migration_2(db: sqlite_utils.Database) -> None:
+    # What each rule made of each event, and why.
+    db["evaluations"].create(
+        {
+            "event_id": str,
+            "rule": str,
+            "matched": int,
+            "reason": str,
+            "mode": str,
+            "throttle_key": str,
+            "error": str,
+            "config_version": str,
+            "evaluated_at": str,
+        },
+        pk=("event_id", "rule"),
+        not_null={"matched", "config_version", "evaluated_at"},
+        foreign_keys=[("event_id", "events", "id")],
+    )
+    # One row per action of a matched rule; its id is the idempotency key (event, rule, index).
+    db["actions"].create(
+        {
+            "id": str,
+            "event_id": str,
+            "rule": str,
+            "action_index": int,
+            "type": str,
+            "mode": str,
+            "params": str,
+            "status": str,
+            "error": str,
+            "attempts": int,
+            "created_at": str,
+            "updated_at": str,
+            "config_version": str,
+        },
+        pk="id",
+        not_null={"event_id", "rule", "action_index", "type", "status", "attempts", "created_at", "updated_at"},
+        defaults={"attempts": 0},
+        foreign_keys=[("event_id", "events", "id")],
+    )
+    db["actions"].create_index(["event_id", "rule", "action_index"], unique=True)
+    db["actions"].create_index(["status", "updated_at"])
+    # Throttle windows: a key's actions ran at window_start; until `until`, its matches are throttled.
+    db["throttles"].create(
+        {"rule": str, "key": str, "until": str, "event_id": str},
+        pk=("rule", "key"),
+        not_null={"until", "event_id"},
+    )
+
+
+def _migration_3(db: sqlite_utils.Database) -> None:
+    # Delivery of actions: which job carries it, its lease while running, when to try next.
+    for column, kind in [
+        ("job_id", str),
+        ("lease_until", str),
+        ("next_attempt_at", str),
+        ("finished_at", str),
+        ("status_code", int),
+        ("result", str),
+    ]:
+        db["actions"].add_column(column, kind)
+    # The delivery log: every attempt of every action.
+    db["attempts"].create(
+        {
+            "id": int,
+            "action_id": str,
+            "attempt": int,
+            "started_at": str,
+            "finished_at": str,
+            "duration_ms": float,
+            "outcome": str,
+            "status_code": int,
+            "error": str,
+            "retry_at": str,
+        },
+        pk="id",
+        not_null={"action_id", "attempt", "started_at", "outcome"},
+        foreign_keys=[("action_id", "actions", "id")],
+    )
+    db["attempts"].create_index(["action_id", "attempt"])
+    db["attempts"].create_index(["started_at"])
+    # Ordering: per record and field, the newest event that wrote it; one writer per record at a time.
+    db["record_versions"].create(
+        {"target": str, "field": str, "occurred_at": str, "event_id": str},
+        pk=("target", "field"),
+        not_null={"occurred_at", "event_id"},
+    )
+    db["record_locks"].create({"target": str, "holder": str, "until": str}, pk="target", not_null={"holder", "until"})
+
+
+# Append only: each entry moves the file from user_version N to N + 1.
+MIGRATIONS = [_migration_1, _migration_2, _migration_3]
