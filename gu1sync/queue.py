@@ -1,10 +1,11 @@
-"""RQ between the receiver and the workers.
+"""RQ between the receiver and the workers, and between an action and its next attempt.
 
 The receiver enqueues an event only after it is committed to SQLite, so Redis is never the only
 copy. If Redis is unreachable the event simply waits in SQLite: the sweep (run by workers at start
-and every `queue.sweep_interval`) enqueues every stored event that is unfinished and has no job.
-The job id is the event id and enqueues are `unique`, so the receiver and any number of sweeps
-never put the same event on the queue twice.
+and every `queue.sweep_interval`) queues every stored event that is unfinished and has no live job,
+and every action that is due (or whose worker died mid-call) and has no live job. Job ids are
+derived from event and action ids and enqueues are `unique`, so the receiver and any number of
+sweeps never put the same work on the queue twice.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 from rq import Queue
 from rq.exceptions import DuplicateJobError
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from .store import Store
@@ -28,7 +29,9 @@ from .timeutil import Clock, utcnow
 log = logging.getLogger(__name__)
 
 PROCESS_EVENT = "gu1sync.worker.process_event"
+RUN_ACTION = "gu1sync.delivery.run_action"
 RESULT_TTL = 24 * 3600  # a finished job's hash stays this long; `unique` refuses a second enqueue meanwhile
+DEAD_JOB_STATES = {None, JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
 
 
 def redact(url: str) -> str:
@@ -53,7 +56,7 @@ def redis_client(url: str, *, connect_timeout: float, timeout: float | None) -> 
 
 
 class EventQueue:
-    """Puts stored events on the RQ queue, and finds the ones that never got there."""
+    """Puts stored work on the RQ queue, and finds the work that never got there."""
 
     def __init__(
         self,
@@ -75,8 +78,28 @@ class EventQueue:
         self.queue = Queue(name, connection=self.redis, serializer=JSONSerializer)
         self._down_until = 0.0
 
-    def enqueue(self, event_id: str) -> bool:
-        """Queue the event's job; False when Redis is unreachable (the sweep will queue it later).
+    def _put(self, function: str, argument: str, job_id: str, delay: float = 0, timeout: float | None = None) -> None:
+        """One unique job; DuplicateJobError when a job of that id still exists."""
+        if delay <= 0:
+            self.queue.enqueue_call(
+                function, args=(argument,), job_id=job_id, unique=True, result_ttl=RESULT_TTL, timeout=timeout
+            )
+            return
+        job = self.queue.create_job(
+            function,
+            args=(argument,),
+            job_id=job_id,
+            result_ttl=RESULT_TTL,
+            timeout=timeout,
+            status=JobStatus.SCHEDULED,
+        )
+        # The wait happens in Redis (the scheduler moves it to the queue when due), never in a worker.
+        self.queue.schedule_job(job, utcnow() + timedelta(seconds=delay), unique=True)  # RQ's clock, not a test's
+
+    def _guarded(
+        self, function: str, argument: str, job_id: str, delay: float = 0, timeout: float | None = None
+    ) -> bool:
+        """Queue a job; False when Redis is unreachable (the sweep will queue it later).
 
         After a failure, Redis is not tried again for `cooldown` seconds, so that a dead Redis
         costs each request nothing instead of a connect timeout.
@@ -84,13 +107,13 @@ class EventQueue:
         if time.monotonic() < self._down_until:
             return False
         try:
-            self._put(event_id)
+            self._put(function, argument, job_id, delay, timeout)
         except DuplicateJobError:
             return True  # already queued (by a sweep, or an earlier delivery)
         except RedisError as exc:
-            if self._down_until == 0.0 or time.monotonic() >= self._down_until:
+            if time.monotonic() >= self._down_until:
                 log.warning(
-                    "redis unreachable at %s (%s); events stay in SQLite until the sweep queues them",
+                    "redis unreachable at %s (%s); work stays in SQLite until the sweep queues it",
                     redact(self.redis_url),
                     type(exc).__name__,
                 )
@@ -99,42 +122,57 @@ class EventQueue:
         self._down_until = 0.0
         return True
 
-    def _put(self, event_id: str) -> None:
-        self.queue.enqueue_call(
-            PROCESS_EVENT,
-            args=(event_id,),
-            job_id=event_id,
-            unique=True,
-            result_ttl=RESULT_TTL,
-            description=f"process {event_id}",
-        )
+    def enqueue(self, event_id: str) -> bool:
+        """Queue the event's job (its id is the event id)."""
+        return self._guarded(PROCESS_EVENT, event_id, event_id)
+
+    def enqueue_action(self, action_id: str, job_id: str, delay: float = 0, timeout: float | None = None) -> bool:
+        """Queue an action's attempt, now or after `delay` seconds."""
+        return self._guarded(RUN_ACTION, action_id, job_id, delay, timeout)
+
+    def _job_states(self, job_ids: list[str]) -> list[str | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(Job.key_for(job_id), "status")
+        return [state.decode() if state else None for state in pipe.execute()]
+
+    def _requeue(self, function: str, argument: str, job_id: str, state: str | None) -> bool:
+        if state is not None:  # failed or stopped: the old hash would make `unique` refuse
+            self.redis.delete(Job.key_for(job_id))
+        try:
+            self._put(function, argument, job_id)
+        except DuplicateJobError:
+            return False  # queued a moment ago by someone else
+        return True
 
     def sweep(self, grace: float = 5.0) -> list[str]:
-        """Queue every unfinished event that has no job in Redis; return their ids.
+        """Queue every unfinished event and every due action that has no live job; return their ids.
 
-        Events younger than `grace` seconds are left to the receiver that is storing them.
+        Work younger than `grace` seconds is left to whoever is queueing it right now.
         Raises RedisError when Redis is still down.
         """
-        candidates = self.store.unfinished(received_before=self.clock() - timedelta(seconds=grace))
-        if not candidates:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for event_id in candidates:
-            pipe.exists(Job.key_for(event_id))
-        present = pipe.execute()
-        enqueued = []
-        for event_id, exists in zip(candidates, present, strict=True):
-            if exists:
-                continue
-            try:
-                self._put(event_id)
-            except DuplicateJobError:
-                continue  # the receiver queued it a moment ago
-            enqueued.append(event_id)
+        from .actionlog import ActionLog
+
+        events = self.store.unfinished(received_before=self.clock() - timedelta(seconds=grace))
+        actions = ActionLog(self.store).due(grace)
+        action_jobs = [
+            row["job_id"] if row["status"] != "running" else f"{row['id']}-{row['attempts'] + 1}" for row in actions
+        ]
+        states = self._job_states(events + [job or "" for job in action_jobs])
+        queued = []
+        for event_id, state in zip(events, states[: len(events)], strict=True):
+            if state in DEAD_JOB_STATES and self._requeue(PROCESS_EVENT, event_id, event_id, state):
+                queued.append(event_id)
+        for row, job_id, state in zip(actions, action_jobs, states[len(events) :], strict=True):
+            job_id = job_id or f"{row['id']}-{row['attempts'] + 1}"
+            if state in DEAD_JOB_STATES and self._requeue(RUN_ACTION, row["id"], job_id, state):
+                if job_id != row["job_id"]:
+                    ActionLog(self.store).set_job(row["id"], job_id)
+                queued.append(row["id"])
         self._down_until = 0.0
-        if enqueued:
-            log.info("sweep queued %d stored event(s) that were not on the queue", len(enqueued))
-        return enqueued
+        if queued:
+            log.info("sweep queued %d stored event(s) or action(s) that had no job", len(queued))
+        return queued
 
     def ping(self) -> bool:
         """Whether Redis answers right now."""

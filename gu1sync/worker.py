@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
-from rq import Queue, Worker
+from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
+from connectors import Connectors
 from rules.engine import evaluate
 
+from .actionlog import ActionLog
 from .config import Config, ConfigError, load_config
 from .queue import EventQueue, redact, redis_client
-from .store import Store, StoreUnavailable
+from .store import Store, StoreUnavailable, first_job
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +74,23 @@ class ConfigWatcher:
 
 @dataclass
 class WorkerContext:
-    """What jobs in this process work with; built once per worker process."""
+    """What jobs in this process work with; built once per worker process, so that connectors (and a
+    logged-in Salesforce client) are reused from job to job."""
 
     watcher: ConfigWatcher
     store: Store
     queue: EventQueue
+    actions: ActionLog
+    connectors: Connectors = field(default_factory=Connectors)
+    rng: random.Random = field(default_factory=random.Random)
 
     @classmethod
-    def from_config(cls, config: Config) -> WorkerContext:
+    def from_config(cls, config: Config, connectors: Connectors | None = None) -> WorkerContext:
         """Open the store and the queue described by `config`."""
         store = Store(config.storage_path, config.storage.busy_timeout)
         store.migrate()
         queue = EventQueue(config.queue.redis_url, config.queue.name, store, cooldown=0)
-        return cls(ConfigWatcher(config), store, queue)
+        return cls(ConfigWatcher(config), store, queue, ActionLog(store), connectors or Connectors())
 
     @property
     def config(self) -> Config:
@@ -121,6 +128,9 @@ def process_event(event_id: str) -> dict:
         return {"event": event_id, "skipped": True}
     results = evaluate(config.rules, event)
     pending = ctx.store.record_evaluation(event_id, results, config.digest)
+    for action_id in pending:  # each action is its own job, retried on its own
+        if not ctx.queue.enqueue_action(action_id, first_job(action_id)):
+            log.warning("action=%s not queued (Redis); the sweep will queue it", action_id)
     matched = [r.rule for r in results if r.matched]
     log.info(
         "processed event=%s type=%s config=%s matched=%s actions_pending=%d",
@@ -133,8 +143,9 @@ def process_event(event_id: str) -> dict:
     return {"event": event_id, "matched": matched, "pending": pending}
 
 
-class Gu1Worker(Worker):
-    """RQ's forking worker that brings the config up to date before each job's fork."""
+class Gu1Worker(SimpleWorker):
+    """RQ's worker without a fork per job, so that connectors and their sessions live from job to job
+    (and it is several times faster); it brings the config up to date before each job."""
 
     def execute_job(self, job, queue):  # noqa: ANN001 - RQ's signature
         if _context is not None:

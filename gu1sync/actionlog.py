@@ -1,0 +1,250 @@
+"""The delivery log in SQLite: actions, every attempt, leases, and the order of writes per record.
+
+An action is claimed with a lease before its call and released after it; a worker that dies
+mid-call leaves an expired lease that the sweep notices. Attempts are rows of their own: status,
+duration, response code, error. Record versions keep a stale event from overwriting newer state.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timedelta
+from typing import Any
+
+from .store import DEAD, PENDING, Store
+from .timeutil import iso
+
+RUNNING, RETRYING, DONE, SKIPPED, DRY_RUN = "running", "retrying", "done", "skipped", "dry_run"
+FINAL = (DONE, DEAD, SKIPPED, DRY_RUN)
+
+
+class ActionLog:
+    """Actions and their attempts, on a Store's connection."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    @property
+    def now(self) -> datetime:
+        return self.store.clock()
+
+    def get(self, action_id: str) -> dict | None:
+        """One action's row (params decoded)."""
+        rows = list(self.store.db.query("SELECT * FROM actions WHERE id = ?", (action_id,)))
+        if not rows:
+            return None
+        row = rows[0]
+        row["params"] = json.loads(row["params"]) if row["params"] else None
+        return row
+
+    # -- running an attempt ---------------------------------------------------------------------------
+
+    def claim(self, action_id: str, lease: float) -> dict | None:
+        """Start the next attempt: the action becomes `running` under a lease; None if it is not due.
+
+        A `running` action whose lease has expired belonged to a worker that died: its attempt is
+        marked interrupted and the action may be claimed again.
+        """
+        now = self.now
+        with self.store.transaction() as conn:
+            row = conn.execute(
+                "SELECT status, attempts, lease_until FROM actions WHERE id = ?", (action_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            status, attempts, lease_until = row
+            expired = status == RUNNING and lease_until is not None and lease_until < iso(now)
+            if status not in (PENDING, RETRYING) and not expired:
+                return None
+            if expired:
+                conn.execute(
+                    "UPDATE attempts SET outcome = 'interrupted', finished_at = ?, error = ? "
+                    "WHERE action_id = ? AND attempt = ? AND outcome = 'started'",
+                    (iso(now), "the worker stopped during this attempt; its outcome is unknown", action_id, attempts),
+                )
+            attempt = attempts + 1
+            conn.execute(
+                "UPDATE actions SET status = ?, attempts = ?, lease_until = ?, updated_at = ? WHERE id = ?",
+                (RUNNING, attempt, iso(now + timedelta(seconds=lease)), iso(now), action_id),
+            )
+            conn.execute(
+                "INSERT INTO attempts (action_id, attempt, started_at, outcome) VALUES (?, ?, ?, 'started')",
+                (action_id, attempt, iso(now)),
+            )
+        claimed = self.get(action_id)
+        claimed["interrupted"] = expired
+        return claimed
+
+    def finish(
+        self,
+        action: dict,
+        *,
+        outcome: str,
+        status: str,
+        duration_ms: float,
+        status_code: int | None = None,
+        error: str | None = None,
+        result: str | None = None,
+        next_attempt_at: datetime | None = None,
+        job_id: str | None = None,
+        count_attempt: bool = True,
+        written: tuple[str, list[str], str, str] | None = None,
+    ) -> None:
+        """End the attempt and set the action's new status, in one transaction.
+
+        `written` = (target, fields, occurred_at, event_id) advances the record's versions;
+        `count_attempt=False` gives the attempt back (it was deferred, not tried).
+        """
+        now = self.now
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE attempts SET outcome = ?, finished_at = ?, duration_ms = ?, status_code = ?, error = ?, "
+                "retry_at = ? WHERE action_id = ? AND attempt = ?",
+                (
+                    outcome,
+                    iso(now),
+                    round(duration_ms, 1),
+                    status_code,
+                    error,
+                    iso(next_attempt_at) if next_attempt_at else None,
+                    action["id"],
+                    action["attempts"],
+                ),
+            )
+            conn.execute(
+                """UPDATE actions SET status = ?, error = ?, status_code = ?, result = ?, next_attempt_at = ?,
+                          job_id = COALESCE(?, job_id), lease_until = NULL, updated_at = ?,
+                          finished_at = CASE WHEN ? THEN ? ELSE finished_at END,
+                          attempts = attempts - ?
+                   WHERE id = ?""",
+                (
+                    status,
+                    error,
+                    status_code,
+                    result,
+                    iso(next_attempt_at) if next_attempt_at else None,
+                    job_id,
+                    iso(now),
+                    status in FINAL,
+                    iso(now),
+                    0 if count_attempt else 1,
+                    action["id"],
+                ),
+            )
+            if written is not None:
+                self._advance(conn, *written)
+
+    # -- ordering -------------------------------------------------------------------------------------
+
+    def lock(self, target: str, holder: str, lease: float) -> bool:
+        """Take the record for one writer (or renew our own hold); False while another holds it."""
+        now = self.now
+        with self.store.transaction() as conn:
+            cursor = conn.execute(
+                """INSERT INTO record_locks (target, holder, until) VALUES (?, ?, ?)
+                   ON CONFLICT(target) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                   WHERE record_locks.until < ? OR record_locks.holder = excluded.holder""",
+                (target, holder, iso(now + timedelta(seconds=lease)), iso(now)),
+            )
+            return cursor.rowcount == 1
+
+    def unlock(self, target: str, holder: str) -> None:
+        """Let the next writer have the record."""
+        with self.store.transaction() as conn:
+            conn.execute("DELETE FROM record_locks WHERE target = ? AND holder = ?", (target, holder))
+
+    def newer(self, target: str, fields: list[str], occurred_at: str) -> dict[str, tuple[str, str]]:
+        """Fields of the record last written by an event newer than `occurred_at`: field -> (when, event)."""
+        marks = ",".join("?" * len(fields))
+        rows = self.store.db.execute(
+            f"SELECT field, occurred_at, event_id FROM record_versions WHERE target = ? AND field IN ({marks}) "
+            "AND occurred_at > ?",
+            (target, *fields, occurred_at),
+        ).fetchall()
+        return {field: (when, event) for field, when, event in rows}
+
+    @staticmethod
+    def _advance(conn: sqlite3.Connection, target: str, fields: list[str], occurred_at: str, event_id: str) -> None:
+        for field in fields:
+            conn.execute(
+                """INSERT INTO record_versions (target, field, occurred_at, event_id) VALUES (?, ?, ?, ?)
+                   ON CONFLICT(target, field) DO UPDATE SET occurred_at = excluded.occurred_at,
+                       event_id = excluded.event_id
+                   WHERE excluded.occurred_at >= record_versions.occurred_at""",
+                (target, field, occurred_at, event_id),
+            )
+
+    # -- the sweep and replay -------------------------------------------------------------------------
+
+    def due(self, grace: float = 5.0, limit: int = 1000) -> list[dict]:
+        """Actions that should have a job by now: pending or retrying and due, or running on an expired lease."""
+        now = self.now
+        return list(
+            self.store.db.query(
+                """SELECT id, job_id, attempts, status FROM actions
+                   WHERE (status IN (?, ?) AND COALESCE(next_attempt_at, updated_at) <= ?)
+                      OR (status = ? AND lease_until < ?)
+                   ORDER BY updated_at LIMIT ?""",
+                (PENDING, RETRYING, iso(now - timedelta(seconds=grace)), RUNNING, iso(now), limit),
+            )
+        )
+
+    def set_job(self, action_id: str, job_id: str) -> None:
+        """Remember which RQ job carries the action now."""
+        with self.store.transaction() as conn:
+            conn.execute("UPDATE actions SET job_id = ? WHERE id = ?", (job_id, action_id))
+
+    def reset(self, action_id: str, params: dict[str, Any], config_version: str) -> bool:
+        """Make a dead action pending again, with freshly rendered params; False if it is not dead."""
+        with self.store.transaction() as conn:
+            cursor = conn.execute(
+                """UPDATE actions SET status = ?, params = ?, error = NULL, next_attempt_at = NULL,
+                          config_version = ?, updated_at = ? WHERE id = ? AND status = ?""",
+                (
+                    PENDING,
+                    json.dumps(params, ensure_ascii=False, default=str),
+                    config_version,
+                    iso(self.now),
+                    action_id,
+                    DEAD,
+                ),
+            )
+            return cursor.rowcount == 1
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def attempts(self, action_id: str) -> list[dict]:
+        """Every attempt of an action, first first."""
+        return list(self.store.db.query("SELECT * FROM attempts WHERE action_id = ? ORDER BY attempt", (action_id,)))
+
+    def failed(self, since: str | None = None) -> list[dict]:
+        """Dead actions (dead letters), newest first."""
+        return list(
+            self.store.db.query(
+                """SELECT a.*, e.type AS event_type, e.source FROM actions a JOIN events e ON e.id = a.event_id
+                   WHERE a.status = ? AND a.updated_at >= ? ORDER BY a.updated_at DESC""",
+                (DEAD, since or ""),
+            )
+        )
+
+    def stats(self) -> dict[str, list[dict]]:
+        """Per rule and per connector: totals, successes, failures, last success, last failure."""
+        query = """
+            SELECT {key} AS name,
+                   COUNT(*) AS total,
+                   SUM(status = 'done') AS succeeded,
+                   SUM(status = 'dead') AS failed,
+                   SUM(status IN ('pending', 'running', 'retrying')) AS in_flight,
+                   SUM(status IN ('shadow', 'throttled', 'skipped', 'dry_run')) AS not_sent,
+                   MAX(CASE WHEN status = 'done' THEN finished_at END) AS last_success,
+                   (SELECT MAX(t.finished_at) FROM attempts t JOIN actions b ON b.id = t.action_id
+                     WHERE {key_b} = {key} AND t.outcome IN ('failed', 'retry')) AS last_failure
+            FROM actions a GROUP BY name ORDER BY name"""
+        connector = "substr({t}.type, 1, instr({t}.type, '.') - 1)"
+        return {
+            "rules": list(self.store.db.query(query.format(key="a.rule", key_b="b.rule"))),
+            "connectors": list(
+                self.store.db.query(query.format(key=connector.format(t="a"), key_b=connector.format(t="b")))
+            ),
+        }

@@ -1,0 +1,250 @@
+"""Delivering actions: one RQ job per attempt, each action on its own.
+
+An action is claimed under a lease, carried out by its connector, and recorded: `done`, `retrying`
+(the next attempt is a job scheduled in Redis after an exponential, jittered back-off; nothing
+sleeps in a worker), or `dead` (permanent, or out of attempts) with its last error, its rendered
+request and every attempt kept for `replay`.
+
+Writes to one Salesforce record are serialised and ordered by the events' timestamps: a field last
+written by a newer event is left out of an older event's request, and an action with nothing left
+to write is skipped with the reason.
+
+What remains of "exactly once": a call that succeeds but whose worker dies before the outcome is
+committed (milliseconds) is made again when its lease expires. Upserts and updates are idempotent;
+a Slack post or a created record would appear twice. The message carries the action id in its
+metadata so that such a duplicate can be traced.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from connectors import ActionError, ActionMeta, Connector, connector_name
+from connectors.salesforce import target_of
+from rules.engine import evaluate
+from rules.model import RetrySettings
+
+from .actionlog import DEAD, DONE, DRY_RUN, RETRYING, SKIPPED
+from .event import Event
+
+log = logging.getLogger(__name__)
+
+
+def backoff_delay(policy: RetrySettings, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+    """Seconds before attempt `attempt + 1`: exponential from `backoff`, capped, with jitter.
+
+    A service's Retry-After is honoured: never sooner than it asked.
+    """
+    ceiling = min(policy.max_backoff, policy.backoff * 2 ** (attempt - 1))
+    delay = rng.uniform(ceiling / 2, ceiling)  # "equal jitter": spread out, never near zero
+    if retry_after is not None:
+        delay = max(delay, retry_after * rng.uniform(1.0, 1.1))
+    return delay
+
+
+@dataclass
+class Attempt:
+    """One attempt of one action, from claim to record."""
+
+    ctx: Any  # worker.WorkerContext
+    action: dict
+    connector: Connector
+    lease: float
+
+    def run(self) -> dict:
+        action, ctx = self.action, self.ctx
+        started = time.perf_counter()
+        event = ctx.store.event(action["event_id"])
+        params: dict[str, Any] = action["params"]
+        meta = ActionMeta(action["id"], action["event_id"], action["rule"])
+        if self.connector.dry_run:
+            return self._end(
+                started,
+                "dry_run",
+                DRY_RUN,
+                result=f"not sent: connectors.{self.connector.name} has no credentials (dry run)",
+            )
+        target = target_of(action["type"], params) if self.connector.name == "salesforce" else None
+        if target is None or event is None or event.occurred_at is None:
+            return self._call(started, params, meta, None)
+        if not ctx.actions.lock(target, action["id"], self.lease):
+            return self._defer(started, "another action is writing the same record")
+        try:
+            return self._ordered(started, params, meta, target, event)
+        finally:
+            ctx.actions.unlock(target, action["id"])
+
+    def _ordered(self, started: float, params: dict, meta: ActionMeta, target: str, event: Event) -> dict:
+        fields = list(params["fields"])
+        newer = self.ctx.actions.newer(target, fields, event.occurred_at)
+        if newer and set(newer) == set(fields):
+            when, by = max(newer.values())
+            return self._end(
+                started,
+                "skipped",
+                SKIPPED,
+                error=f"stale: this event occurred at {event.occurred_at}; {target} was already written by "
+                f"event {by}, which occurred at {when}",
+            )
+        note = None
+        if newer:
+            params = {**params, "fields": {k: v for k, v in params["fields"].items() if k not in newer}}
+            note = f"left out {', '.join(sorted(newer))}: already written by a newer event"
+        written = (target, list(params["fields"]), event.occurred_at, event.id)
+        return self._call(started, params, meta, written, note)
+
+    def _call(self, started: float, params: dict, meta: ActionMeta, written: tuple | None, note: str | None = None):
+        try:
+            result = self.connector.execute(self.action["type"], params, meta)
+        except ActionError as error:
+            return self._failed(started, error)
+        except Exception as exc:  # a bug of ours: keep it as a dead letter, with the traceback in the log
+            log.exception("action=%s: unexpected error", self.action["id"])
+            return self._failed(started, ActionError(f"unexpected {type(exc).__name__}: {exc}", retryable=False))
+        summary = result.summary + (f"; {note}" if note else "")
+        return self._end(started, "ok", DONE, status_code=result.status_code, result=summary, written=written)
+
+    def _failed(self, started: float, error: ActionError) -> dict:
+        attempt, policy = self.action["attempts"], self.ctx.config.retry_for(self.action["rule"])
+        if error.retryable and attempt < policy.max_attempts:
+            delay = backoff_delay(policy, attempt, error.retry_after, self.ctx.rng)
+            return self._again(started, "retry", error.message, delay, error.status_code, count=True)
+        message = error.message
+        if error.retryable:
+            message += f" (gave up after {attempt} attempt{'s' if attempt > 1 else ''})"
+        return self._end(started, "failed", DEAD, error=message, status_code=error.status_code, code=error.code)
+
+    def _defer(self, started: float, why: str) -> dict:
+        # Not an attempt: the record is busy. Try again shortly, without using up an attempt.
+        return self._again(started, "deferred", why, self.ctx.rng.uniform(0.5, 2.0), None, count=False)
+
+    def _again(self, started: float, outcome: str, error: str, delay: float, status_code: int | None, count: bool):
+        action = self.action
+        # The n-th attempt runs as job <action>-<n>; a deferral reuses n, so its job needs a name of its own.
+        job_id = f"{action['id']}-{action['attempts'] + 1 if count else action['attempts']}"
+        if not count:
+            job_id += f"-d{time.time_ns() // 1_000_000}"
+        next_at = self.ctx.store.clock() + timedelta(seconds=delay)
+        self._end(
+            started,
+            outcome,
+            RETRYING,
+            error=error,
+            status_code=status_code,
+            next_attempt_at=next_at,
+            job_id=job_id,
+            count_attempt=count,
+        )
+        if not self.ctx.queue.enqueue_action(action["id"], job_id, delay=delay, timeout=self.lease):
+            log.warning("action=%s: retry not queued (Redis); the sweep will queue it when due", action["id"])
+        return {"action": action["id"], "outcome": outcome, "retry_in": round(delay, 1)}
+
+    def _end(self, started: float, outcome: str, status: str, *, code: str | None = None, **fields: Any) -> dict:
+        duration = (time.perf_counter() - started) * 1000
+        self.ctx.actions.finish(self.action, outcome=outcome, status=status, duration_ms=duration, **fields)
+        log.info(
+            "action=%s rule=%s type=%s attempt=%d outcome=%s status=%s code=%s ms=%.0f",
+            self.action["id"],
+            self.action["rule"],
+            self.action["type"],
+            self.action["attempts"],
+            outcome,
+            fields.get("status_code") or "-",
+            code or "-",
+            duration,
+        )
+        return {"action": self.action["id"], "outcome": outcome, "status": status}
+
+
+def run_action(action_id: str) -> dict:
+    """RQ job: one attempt of one action. Does nothing if the action is done, dead, or not due."""
+    from .worker import context
+
+    ctx = context()
+    config = ctx.config
+    row = ctx.actions.get(action_id)
+    if row is None:
+        log.warning("action=%s: no such action", action_id)
+        return {"action": action_id, "skipped": True}
+    connector = ctx.connectors.get(row["type"], config.connectors)
+    # An attempt may hold its action (and record) this long before it counts as abandoned.
+    lease = 2 * getattr(config.connectors, connector_name(row["type"])).timeout + 5
+    action = ctx.actions.claim(action_id, lease)
+    if action is None:
+        log.info("skip action=%s: status %s", action_id, row["status"])
+        return {"action": action_id, "skipped": True}
+    if action["interrupted"]:
+        log.warning("action=%s: its previous attempt was interrupted (worker stopped); trying again", action_id)
+    return Attempt(ctx, action, connector, lease).run()
+
+
+def replay(
+    ctx: Any, *, event_id: str | None = None, action_id: str | None = None, since: str | None = None
+) -> list[str]:
+    """Dead actions go again, rendered with the config in force now; returns a line per action or event.
+
+    Events that never finished processing are queued again as a whole.
+    """
+    config = ctx.config
+    lines: list[str] = []
+    if action_id is not None:
+        row = ctx.actions.get(action_id)
+        if row is None:
+            return [f"{action_id}: no such action"]
+        dead = [row] if row["status"] == DEAD else []
+        if not dead:
+            return [f"{action_id}: not replayed, it is {row['status']} (only dead actions are replayed)"]
+    else:
+        query = "SELECT id FROM actions WHERE status = ?"
+        args: list[Any] = [DEAD]
+        if event_id is not None:
+            query += " AND event_id = ?"
+            args.append(event_id)
+        if since is not None:
+            query += " AND updated_at >= ?"
+            args.append(since)
+        dead = [ctx.actions.get(row[0]) for row in ctx.store.db.execute(query + " ORDER BY updated_at", args)]
+    if event_id is not None:
+        event = ctx.store.event(event_id)
+        if event is None:
+            return [f"{event_id}: no such event"]
+        if event.status in ("received", "processing", "failed"):
+            ctx.queue._requeue("gu1sync.worker.process_event", event_id, event_id, "failed")
+            lines.append(f"{event_id}: event queued to be processed again")
+        elif not dead:
+            lines.append(f"{event_id}: nothing to replay (no dead actions)")
+    by_event: dict[str, list[dict]] = {}
+    for row in dead:
+        by_event.setdefault(row["event_id"], []).append(row)
+    for owner, rows in by_event.items():
+        event = ctx.store.event(owner)
+        results = {result.rule: result for result in evaluate(config.rules, event)}
+        for row in rows:
+            lines.append(_replay_one(ctx, config, row, results.get(row["rule"])))
+    return lines
+
+
+def _replay_one(ctx: Any, config: Any, row: dict, result: Any) -> str:
+    name = f"{row['id']} ({row['rule']} #{row['action_index']} {row['type']})"
+    if result is None:
+        return f"{name}: not replayed, the rule is no longer in the config"
+    if not result.matched:
+        return f"{name}: not replayed, the rule no longer matches: {result.reason}"
+    if result.mode == "shadow":
+        return f"{name}: not replayed, the rule is in shadow mode now"
+    rendered = next((a for a in result.actions if a.index == row["action_index"]), None)
+    if rendered is None or rendered.type != row["type"]:
+        return f"{name}: not replayed, the rule's action #{row['action_index']} is not a {row['type']} any more"
+    if rendered.error:
+        return f"{name}: not replayed, it still cannot be rendered: {rendered.error}"
+    if not ctx.actions.reset(row["id"], rendered.params, config.digest):
+        return f"{name}: not replayed, it is no longer dead"
+    job_id = f"{row['id']}-{row['attempts'] + 1}"
+    ctx.actions.set_job(row["id"], job_id)
+    queued = ctx.queue.enqueue_action(row["id"], job_id)
+    return f"{name}: queued again" + ("" if queued else " (Redis is down: the sweep will queue it)")
