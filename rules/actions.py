@@ -10,7 +10,7 @@ that carry the actions out live in connectors/; this module is the language side
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BeforeValidator, Discriminator, Field, Tag, WithJsonSchema, model_validator
 
@@ -80,17 +80,20 @@ class SalesforceCreate(Params):
 
 
 class SlackPost(Params):
-    """Post a message: text and/or Block Kit blocks."""
+    """Post a message: text and/or Block Kit blocks, or a ready-made layout."""
 
     type: ClassVar[str] = "slack.post"
     channel: TemplatedText | None = Field(None, description="#channel or channel id; required with a bot token.")
     text: TemplatedText | None = Field(None, description="The message, or its fallback text with blocks.")
     blocks: Templated = Field(None, description="Block Kit blocks (a list); strings inside may be templates.")
+    layout: Literal["compliance-alert"] | None = Field(
+        None, description="compliance-alert: who, external id, what changed, from what to what, why."
+    )
 
     @model_validator(mode="after")
     def _something_to_say(self) -> SlackPost:
-        if self.text is None and self.blocks is None:
-            raise ValueError("give text, blocks, or both")
+        if self.text is None and self.blocks is None and self.layout is None:
+            raise ValueError("give text, blocks or layout")
         if self.blocks is not None and not isinstance(self.blocks, list):
             raise ValueError("blocks is a list of Block Kit blocks")
         return self

@@ -17,9 +17,7 @@ from gu1sync.timeutil import parse_iso
 
 from .paths import MISSING, format_path, parse_path, resolve
 
-OPERATORS = (
-    "eq", "ne", "in", "not_in", "contains", "starts_with", "ends_with", "matches", "exists", "gt", "gte", "lt", "lte",
-)  # fmt: skip
+OPERATORS = tuple("eq ne in not_in contains starts_with ends_with matches exists gt gte lt lte".split())
 SHORTHANDS = ("entity_types", "status_changes", "rule_severity", "rule_ids", "changed")
 COMBINATORS = ("all", "any", "not")
 SEVERITIES = ("low", "medium", "high", "critical")

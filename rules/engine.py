@@ -11,6 +11,7 @@ from typing import Any
 
 from gu1sync.event import Event
 
+from .layouts import COMPILED
 from .model import Rule
 from .templates import TemplateError, render_value
 
@@ -83,6 +84,9 @@ def render_actions(rule: Rule, context: dict[str, Any]) -> list[RenderedAction]:
         values = {
             name: getattr(params, name) for name in type(params).model_fields if getattr(params, name) is not None
         }
+        layout = values.pop("layout", None)
+        if layout is not None:  # the layout's text and blocks, unless the rule gives its own
+            values = {**COMPILED[layout], **values}
         try:
             rendered.append(RenderedAction(index, params.type, render_value(values, context)))
         except TemplateError as exc:

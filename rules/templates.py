@@ -3,7 +3,7 @@
 - A value that is one expression, `"{{ payload.amount }}"`, keeps its type (number, boolean, list);
   anything else renders to a string.
 - A path that is not in the event fails the action with the path named: `entity.externalId`.
-- Filters: default, upper, lower, truncate, join, tojson, date. No globals, no private attributes,
+- Filters: default, upper, lower, truncate, join, tojson, date, slack. No globals, no private attributes,
   nothing that changes data, no huge strings or lists built by `*` or `**`.
 """
 
@@ -66,6 +66,11 @@ def _date(value: Any, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
     return moment.strftime(fmt)
 
 
+def _slack(value: Any) -> str:
+    """Escape text for Slack (&, <, >), so that event data cannot @-mention or forge links."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _tojson(value: Any, indent: int | None = None) -> str:
     return json.dumps(value, ensure_ascii=False, indent=indent, default=str)
 
@@ -110,6 +115,7 @@ ENV.filters = {
     "join": do_join,
     "tojson": _tojson,
     "date": _date,
+    "slack": _slack,
 }
 
 _TEMPLATE_MARK = re.compile(r"\{\{|\{%|\{#")

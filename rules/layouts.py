@@ -1,0 +1,55 @@
+"""Ready-made Slack layouts, written as templates like any other value.
+
+`compliance-alert` reads well at a glance: who, external id, what changed, from what to what, why.
+Every value from the event is escaped for Slack (`| slack`), so a name such as `<!channel>`
+cannot notify a whole channel, and every field has a default, so no event lacks one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .templates import compile_value
+
+_WHO = "{{ entity.name | default(payload.entityId | default('unknown entity')) | slack }}"
+_EXTERNAL = "{{ entity.externalId | default('—') | slack }}"
+_FROM_TO = (
+    "{{ payload.previousStatus | default('—') | slack }} → "
+    "{{ payload.status | default(entity.status | default('—')) | slack }}"
+)
+_WHY = (
+    "{{ payload.reason | default(payload.rejectionReason | default(payload.rule.name | default("
+    "payload.warnings | default(['—']) | join('; ')))) | slack }}"
+)
+_WHAT = "{{ event }}{% if payload.changes is mapping %}: {{ payload.changes | join(', ') | slack }}{% endif %}"
+
+LAYOUTS: dict[str, dict[str, Any]] = {
+    "compliance-alert": {
+        "text": f"{_WHAT} for {_WHO} ({_EXTERNAL}): {_FROM_TO}. {_WHY}",
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": "{{ event }}", "emoji": True}},
+            {
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": f"*Who*\n{_WHO}"},
+                    {"type": "mrkdwn", "text": f"*External id*\n{_EXTERNAL}"},
+                    {"type": "mrkdwn", "text": f"*What changed*\n{_WHAT}"},
+                    {"type": "mrkdwn", "text": f"*From → to*\n{_FROM_TO}"},
+                ],
+            },
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Why*\n{_WHY}"}},
+            {
+                "type": "context",
+                "elements": [
+                    {
+                        "type": "mrkdwn",
+                        "text": "{{ source }} ({{ environment }}) · event {{ id }} · "
+                        "{{ occurred_at | default(received_at) | date }}",
+                    }
+                ],
+            },
+        ],
+    }
+}
+
+COMPILED = {name: compile_value(layout) for name, layout in LAYOUTS.items()}
