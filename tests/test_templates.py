@@ -70,6 +70,7 @@ def test_a_single_expression_keeps_its_type(source, expected):
         ("{{ payload.unix | date('%Y-%m-%d') }}", "2025-01-15"),
         ('{{ payload.changes["attributes.email"].new }}', "b@x"),
         ("{{ payload.decision.checks[0].status }}", "pass"),
+        ("{{ '<!channel> & <http://x|y>' | slack }}", "&lt;!channel&gt; &amp; &lt;http://x|y&gt;"),
     ],
 )
 def test_filters(source, expected):
@@ -77,7 +78,7 @@ def test_filters(source, expected):
 
 
 def test_only_the_small_set_of_filters_exists():
-    assert sorted(ENV.filters) == ["d", "date", "default", "join", "lower", "tojson", "truncate", "upper"]
+    assert sorted(ENV.filters) == ["d", "date", "default", "join", "lower", "slack", "tojson", "truncate", "upper"]
     with pytest.raises(ValueError, match="unknown filter 'map'"):
         Template("{{ payload.warnings | map('upper') }}")
 

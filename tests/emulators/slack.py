@@ -1,0 +1,93 @@
+"""A Slack workspace on localhost: the Web API methods gu1-sync uses (chat.postMessage, auth.test) with
+Slack's `{ok: false, error}` answers and 429 + Retry-After, and incoming webhooks with their text
+answers (`ok`, `no_service`, `invalid_payload`...). slack-sdk talks to it through `base_url`."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any
+
+from .base import Emulator, Request, Response
+
+WEBHOOK_PATH = "/services/T0000GU1/B0000SYNC/secretwebhookpath"
+
+
+class SlackEmulator(Emulator):
+    def __init__(self, token: str = "xoxb-test-token", channels: dict[str, str] | None = None):
+        super().__init__()
+        self.token = token
+        self.channels = channels or {
+            "compliance-alerts": "C0COMPLIANCE",
+            "onboarding": "C0ONBOARDING",
+            "compliance": "C0COMPLIANCE2",
+        }
+        self.messages: list[dict[str, Any]] = []
+        self._ts = itertools.count(1)
+        self._state = threading.Lock()
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api/"
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.url}{WEBHOOK_PATH}"
+
+    def channel_id(self, name: str) -> str | None:
+        name = name.removeprefix("#")
+        return self.channels.get(name) or (name if name in self.channels.values() else None)
+
+    def route(self, request: Request) -> Response:
+        if request.path == WEBHOOK_PATH:
+            return self._webhook(request)
+        if request.path.startswith("/services/"):
+            return Response(404, "no_service")
+        if request.method != "POST" or not request.path.startswith("/api/"):
+            return Response(404, {"ok": False, "error": "unknown_method"})
+        method = request.path.removeprefix("/api/")
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return Response(200, {"ok": False, "error": "invalid_auth"})
+        if method == "auth.test":
+            return Response(
+                200,
+                {
+                    "ok": True,
+                    "url": "https://acme.slack.com/",
+                    "team": "Acme",
+                    "user": "gu1-sync",
+                    "team_id": "T0000GU1",
+                    "user_id": "U0000SYNC",
+                    "bot_id": "B0000SYNC",
+                },
+            )
+        if method == "chat.postMessage":
+            return self._post(request.json if "json" in request.headers.get("Content-Type", "") else request.form)
+        return Response(200, {"ok": False, "error": "unknown_method"})
+
+    def _post(self, body: dict[str, Any]) -> Response:
+        channel = self.channel_id(str(body.get("channel") or ""))
+        if channel is None:
+            return Response(200, {"ok": False, "error": "channel_not_found"})
+        if not body.get("text") and not body.get("blocks"):
+            return Response(200, {"ok": False, "error": "no_text"})
+        with self._state:
+            ts = f"1700000000.{next(self._ts):06d}"
+            message = {**body, "channel": channel, "ts": ts}
+            self.messages.append(message)
+        return Response(
+            200, {"ok": True, "channel": channel, "ts": ts, "message": {"text": body.get("text"), "ts": ts}}
+        )
+
+    def _webhook(self, request: Request) -> Response:
+        if request.method != "POST":
+            return Response(405, "invalid_method")
+        try:
+            body = request.json
+        except ValueError:
+            return Response(400, "invalid_payload")
+        if not isinstance(body, dict) or (not body.get("text") and not body.get("blocks")):
+            return Response(400, "no_text")
+        with self._state:
+            self.messages.append({"channel": "webhook", **body})
+        return Response(200, "ok")

@@ -1,0 +1,342 @@
+"""The real simple-salesforce and slack-sdk clients against the local emulators: every kind of answer
+and what the connector decides about it (retry or not), the four Salesforce logins, re-login once,
+timeouts, escaping."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from connectors.base import ActionError, ActionMeta
+from connectors.salesforce import SalesforceConnector, SalesforceSettings
+from connectors.slack import SlackConnector, SlackSettings
+from gu1sync.schema import Secret
+from tests.emulators.salesforce import LIMIT, LOCKED, NOT_FOUND, UNKNOWN, SalesforceEmulator, malformed
+from tests.emulators.slack import SlackEmulator
+
+META = ActionMeta("act_0123", "ev_0123", "rule")
+UPSERT = {
+    "object": "Contact",
+    "external_id_field": "Gu1_External_Id__c",
+    "external_id": "customer_1",
+    "fields": {"KYC_Status__c": "approved"},
+}
+
+
+@pytest.fixture
+def org():
+    with SalesforceEmulator() as emulator:
+        yield emulator
+
+
+def salesforce(org: SalesforceEmulator, auth: dict | None = None, timeout: float = 5) -> SalesforceConnector:
+    auth = auth or {"method": "session", "instance_url": org.url, "session_id": Secret("SF_SESSION", org.new_session())}
+    settings = SalesforceSettings.model_validate({"auth": auth, "timeout": timeout})
+    return SalesforceConnector(settings, session=org.client_session(timeout))
+
+
+def password_auth(org: SalesforceEmulator, password: str = "pw") -> dict:
+    return {
+        "method": "password",
+        "username": org.username,
+        "password": Secret("SF_PASSWORD", password),
+        "security_token": Secret("SF_TOKEN", org.security_token),
+    }
+
+
+def outcome(call) -> tuple[bool | None, int | None, str | None]:
+    """(retryable, status, code), or (None, status, None) for a success."""
+    try:
+        result = call()
+    except ActionError as error:
+        return error.retryable, error.status_code, error.code
+    return None, result.status_code, None
+
+
+# -- Salesforce: response -> retry decision ---------------------------------------------------------
+
+SALESFORCE_TABLE = [
+    ("500 unknown exception", dict(status=500, body=UNKNOWN), (True, 500, "UNKNOWN_EXCEPTION")),
+    ("503 no body", dict(status=503, body=b""), (True, 503, None)),
+    ("502 html", dict(status=502, body="<html>Bad Gateway</html>"), (True, 502, None)),
+    ("400 UNABLE_TO_LOCK_ROW", dict(status=400, body=LOCKED), (True, 400, "UNABLE_TO_LOCK_ROW")),
+    ("403 REQUEST_LIMIT_EXCEEDED", dict(status=403, body=LIMIT), (True, 403, "REQUEST_LIMIT_EXCEEDED")),
+    ("400 INVALID_FIELD", dict(status=400, body=malformed("No such column 'Foo__c'")), (False, 400, "INVALID_FIELD")),
+    (
+        "400 REQUIRED_FIELD_MISSING",
+        dict(status=400, body=malformed("Required fields are missing: [LastName]", "REQUIRED_FIELD_MISSING")),
+        (False, 400, "REQUIRED_FIELD_MISSING"),
+    ),
+    (
+        "403 INSUFFICIENT_ACCESS",
+        dict(status=403, body=[{"errorCode": "INSUFFICIENT_ACCESS", "message": "no"}]),
+        (False, 403, "INSUFFICIENT_ACCESS"),
+    ),
+    ("404 NOT_FOUND", dict(status=404, body=NOT_FOUND), (False, 404, "NOT_FOUND")),
+    ("dropped connection", dict(drop=True), (True, None, None)),
+]
+
+
+@pytest.mark.parametrize(("title", "fault", "expected"), SALESFORCE_TABLE, ids=[t[0] for t in SALESFORCE_TABLE])
+def test_salesforce_response_to_retry_decision(org, title, fault, expected):
+    connector = salesforce(org)
+    org.fail(r"/sobjects/Contact/", **fault)
+    assert outcome(lambda: connector.execute("salesforce.upsert", UPSERT, META)) == expected
+    # The fault was one answer; the next call goes through.
+    assert outcome(lambda: connector.execute("salesforce.upsert", UPSERT, META)) == (None, 201, None)
+
+
+def test_salesforce_300_multiple_matches_is_permanent(org):
+    org.add("Contact", {"Gu1_External_Id__c": "customer_1"})
+    org.add("Contact", {"Gu1_External_Id__c": "customer_1"})
+    assert outcome(lambda: salesforce(org).execute("salesforce.upsert", UPSERT, META)) == (
+        False,
+        300,
+        "MULTIPLE_CHOICES",
+    )
+
+
+def test_salesforce_timeout_is_retryable(org):
+    connector = salesforce(org, timeout=0.5)
+    org.stall(r"/sobjects/Contact/", 2)
+    with pytest.raises(ActionError) as err:
+        connector.execute("salesforce.upsert", UPSERT, META)
+    assert err.value.retryable and err.value.message == "timed out: ReadTimeout"
+
+
+def test_salesforce_expired_session_without_login_is_permanent(org):
+    connector = salesforce(org)
+    org.expire_sessions()
+    assert outcome(lambda: connector.execute("salesforce.upsert", UPSERT, META)) == (False, 401, "INVALID_SESSION_ID")
+
+
+def test_salesforce_expired_session_logs_in_again_once(org):
+    connector = salesforce(org, password_auth(org))
+    connector.execute("salesforce.upsert", UPSERT, META)
+    connector.execute("salesforce.upsert", UPSERT, META)
+    assert connector.logins == 1  # one client per process, reused
+    org.expire_sessions()
+    assert outcome(lambda: connector.execute("salesforce.upsert", UPSERT, META)) == (None, 200, None)
+    assert connector.logins == 2
+    # Expired again right after the fresh login: retry later, do not loop.
+    org.fail(
+        r"/sobjects/Contact/",
+        401,
+        [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}],
+        times=2,
+    )
+    assert outcome(lambda: connector.execute("salesforce.upsert", UPSERT, META)) == (True, 401, "INVALID_SESSION_ID")
+    assert connector.logins == 3
+
+
+def test_salesforce_login_refused_is_permanent_login_down_is_retryable(org):
+    refused = salesforce(org, password_auth(org, password="wrong"))
+    assert outcome(lambda: refused.execute("salesforce.upsert", UPSERT, META)) == (False, None, "INVALID_LOGIN")
+    down = salesforce(org, password_auth(org))
+    org.fail(r"/services/Soap/u/", 503, "Service Unavailable")
+    assert outcome(lambda: down.execute("salesforce.upsert", UPSERT, META)) == (True, 503, "503")
+
+
+def _rsa_pair() -> tuple[str, bytes]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private, public
+
+
+def test_every_login_method_reaches_the_org(tmp_path):
+    private, public = _rsa_pair()
+    key_file = tmp_path / "server.key"
+    key_file.write_text(private)
+    with SalesforceEmulator(jwt_public_key=public) as org:
+        methods = {
+            "session": None,
+            "password": password_auth(org),
+            "client_credentials": {
+                "method": "client_credentials",
+                "client_id": Secret("SF_CLIENT_ID", org.client_id),
+                "client_secret": Secret("SF_CLIENT_SECRET", org.client_secret),
+                "domain": "acme.my",
+            },
+            "jwt": {
+                "method": "jwt",
+                "username": org.username,
+                "client_id": Secret("SF_CLIENT_ID", org.client_id),
+                "private_key": Secret("SF_PRIVATE_KEY", private),
+            },
+            "jwt with a key file": {
+                "method": "jwt",
+                "username": org.username,
+                "client_id": Secret("SF_CLIENT_ID", org.client_id),
+                "private_key_file": str(key_file),
+            },
+        }
+        for n, (name, auth) in enumerate(methods.items()):
+            params = {**UPSERT, "external_id": f"customer_{n}"}
+            assert salesforce(org, auth).execute("salesforce.upsert", params, META).status_code == 201, name
+        assert len(org.records["Contact"]) == len(methods)
+        wrong = {**methods["jwt"], "private_key": Secret("SF_PRIVATE_KEY", _rsa_pair()[0])}
+        assert outcome(lambda: salesforce(org, wrong).execute("salesforce.upsert", UPSERT, META)) == (
+            False,
+            None,
+            "invalid_grant",
+        )
+
+
+def test_one_api_call_per_upsert_and_external_ids_escaped(org):
+    connector = salesforce(org)
+    odd = "cust/ø 1?x=y#z"
+    result = connector.execute("salesforce.upsert", {**UPSERT, "external_id": odd}, META)
+    [request] = org.seen()
+    assert (request.method, request.path) == (
+        "PATCH",
+        "/services/data/v59.0/sobjects/Contact/Gu1_External_Id__c/cust%2F%C3%B8%201%3Fx%3Dy%23z",
+    )
+    assert request.json == {"KYC_Status__c": "approved"}
+    assert result.summary == "created"
+    assert org.find("Contact", "Gu1_External_Id__c", odd)[0]["KYC_Status__c"] == "approved"
+
+
+def test_update_by_external_id_never_creates(org):
+    connector = salesforce(org)
+    params = {**UPSERT, "external_id": "O'Brien"}
+    assert outcome(lambda: connector.execute("salesforce.update", params, META)) == (False, 404, "NOT_FOUND")
+    assert org.records == {}
+    record = org.add("Contact", {"Gu1_External_Id__c": "O'Brien"})
+    assert connector.execute("salesforce.update", params, META).summary == f"updated {record}"
+    assert org.records["Contact"][record]["KYC_Status__c"] == "approved"
+    by_id = {"object": "Contact", "record_id": record, "fields": {"Status__c": "blocked"}}
+    assert connector.execute("salesforce.update", by_id, META).status_code == 204
+
+
+def test_create_returns_the_new_id(org):
+    result = salesforce(org).execute("salesforce.create", {"object": "Case", "fields": {"Subject": "x"}}, META)
+    assert result.summary.startswith("created 500")
+
+
+# -- Slack: response -> retry decision --------------------------------------------------------------
+
+
+@pytest.fixture
+def workspace():
+    with SlackEmulator() as emulator:
+        yield emulator
+
+
+def slack(workspace: SlackEmulator, **settings) -> SlackConnector:
+    settings = settings or {"token": Secret("SLACK_BOT_TOKEN", workspace.token)}
+    return SlackConnector(SlackSettings.model_validate({"base_url": workspace.api_url, "timeout": 2, **settings}))
+
+
+POST = {"channel": "#compliance-alerts", "text": "hello"}
+
+SLACK_TABLE = [
+    (
+        "429 with Retry-After",
+        dict(status=429, body={"ok": False, "error": "ratelimited"}, headers={"Retry-After": "30"}),
+        (True, 429, "ratelimited", 30.0),
+    ),
+    ("500", dict(status=500, body=b""), (True, 500, None, None)),
+    ("503 html", dict(status=503, body="<html>down</html>"), (True, 503, None, None)),
+    (
+        "ok false ratelimited",
+        dict(status=200, body={"ok": False, "error": "ratelimited"}),
+        (True, 200, "ratelimited", None),
+    ),
+    (
+        "ok false internal_error",
+        dict(status=200, body={"ok": False, "error": "internal_error"}),
+        (True, 200, "internal_error", None),
+    ),
+    (
+        "ok false channel_not_found",
+        dict(status=200, body={"ok": False, "error": "channel_not_found"}),
+        (False, 200, "channel_not_found", None),
+    ),
+    (
+        "ok false invalid_auth",
+        dict(status=200, body={"ok": False, "error": "invalid_auth"}),
+        (False, 200, "invalid_auth", None),
+    ),
+    (
+        "ok false not_in_channel",
+        dict(status=200, body={"ok": False, "error": "not_in_channel"}),
+        (False, 200, "not_in_channel", None),
+    ),
+    (
+        "ok false invalid_blocks",
+        dict(status=200, body={"ok": False, "error": "invalid_blocks"}),
+        (False, 200, "invalid_blocks", None),
+    ),
+    ("dropped connection", dict(drop=True), (True, None, None, None)),
+]
+
+
+@pytest.mark.parametrize(("title", "fault", "expected"), SLACK_TABLE, ids=[t[0] for t in SLACK_TABLE])
+def test_slack_response_to_retry_decision(workspace, title, fault, expected):
+    connector = slack(workspace)
+    workspace.fail(r"chat\.postMessage", **fault)
+    with pytest.raises(ActionError) as err:
+        connector.execute("slack.post", POST, META)
+    assert (err.value.retryable, err.value.status_code, err.value.code, err.value.retry_after) == expected
+    assert connector.execute("slack.post", POST, META).status_code == 200
+    assert len(workspace.messages) == 1
+
+
+def test_slack_real_errors_from_the_workspace(workspace):
+    assert outcome(lambda: slack(workspace).execute("slack.post", {**POST, "channel": "#nowhere"}, META)) == (
+        False,
+        200,
+        "channel_not_found",
+    )
+    wrong = slack(workspace, token=Secret("SLACK_BOT_TOKEN", "xoxb-revoked"))
+    assert outcome(lambda: wrong.execute("slack.post", POST, META)) == (False, 200, "invalid_auth")
+
+
+def test_slack_post_carries_the_action_id(workspace):
+    result = slack(workspace).execute("slack.post", {**POST, "blocks": [{"type": "divider"}]}, META)
+    [message] = workspace.messages
+    assert result.summary == f"posted ts {message['ts']} in C0COMPLIANCE"
+    assert message["metadata"] == {"event_type": "gu1_sync_action", "event_payload": {"action_id": META.action_id}}
+    assert message["blocks"] == [{"type": "divider"}]
+
+
+def test_slack_timeout_is_retryable(workspace):
+    connector = slack(workspace)
+    workspace.stall(r"chat\.postMessage", 3)
+    with pytest.raises(ActionError) as err:
+        connector.execute("slack.post", POST, META)
+    assert err.value.retryable
+
+
+WEBHOOK_TABLE = [
+    ("200 ok", None, (None, 200, None)),
+    ("404 no_service", dict(status=404, body="no_service"), (False, 404, "no_service")),
+    ("400 invalid_payload", dict(status=400, body="invalid_payload"), (False, 400, "invalid_payload")),
+    ("403 invalid_token", dict(status=403, body="invalid_token"), (False, 403, "invalid_token")),
+    ("410 channel_is_archived", dict(status=410, body="channel_is_archived"), (False, 410, "channel_is_archived")),
+    ("429", dict(status=429, body="rate_limited", headers={"Retry-After": "5"}), (True, 429, "rate_limited")),
+    ("500", dict(status=500, body="internal_error"), (True, 500, "internal_error")),
+    ("dropped connection", dict(drop=True), (True, None, None)),
+]
+
+
+@pytest.mark.parametrize(("title", "fault", "expected"), WEBHOOK_TABLE, ids=[t[0] for t in WEBHOOK_TABLE])
+def test_slack_incoming_webhook_response_to_retry_decision(workspace, title, fault, expected):
+    connector = slack(workspace, webhook_url=Secret("SLACK_WEBHOOK_URL", workspace.webhook_url))
+    if fault:
+        workspace.fail(r"^/services/", **fault)
+    assert outcome(lambda: connector.execute("slack.post", {"text": "hi"}, META)) == expected
+
+
+def test_slack_needs_a_channel_with_a_token(workspace):
+    assert outcome(lambda: slack(workspace).execute("slack.post", {"text": "hi"}, META)) == (False, None, None)
+    assert workspace.seen() == []
+
+
+def test_no_credentials_means_dry_run():
+    assert SlackConnector(SlackSettings()).dry_run
+    assert SalesforceConnector(SalesforceSettings()).dry_run
