@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -74,13 +75,27 @@ class Store:
         try:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
             db = sqlite_utils.Database(conn, execute_plugins=False)
-            db.enable_wal()
+            self._wal(db)
             # FULL: a commit is on disk before the 2xx leaves, even if the machine loses power.
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         return db
+
+    def _wal(self, db: sqlite_utils.Database) -> None:
+        """WAL mode (it persists in the file). Switching needs the file to itself, and the busy timeout
+        does not cover it: processes opening a new file together retry until one of them has switched."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                if db.journal_mode != "wal":
+                    db.enable_wal()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
