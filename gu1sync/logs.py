@@ -9,6 +9,27 @@ import sys
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+def gunicorn_logging() -> dict:
+    """gunicorn's loggers in the same one-line format as everything else."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": FORMAT, "datefmt": "%Y-%m-%d %H:%M:%S"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+        "root": {"level": logging.getLevelName(logging.getLogger().level), "handlers": ["stderr"]},
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        },
+    }
+
+
+def rq_level(level: str) -> str:
+    """RQ's own chatter (worker ids, pubsub channels, results kept) only when debugging: our own lines
+    already say what happened to each event and action."""
+    return level if level.upper() == "DEBUG" else "WARNING"
+
+
 def setup(level: str | None = None) -> None:
     """Log to stderr at `level` (or $GU1_SYNC_LOG_LEVEL, default INFO); idempotent."""
     level = (level or os.environ.get("GU1_SYNC_LOG_LEVEL") or "INFO").upper()
@@ -19,3 +40,11 @@ def setup(level: str | None = None) -> None:
         handler._gu1sync = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
+    quiet_rq()
+
+
+def quiet_rq() -> None:
+    """Put RQ's loggers at `rq_level` (RQ sets some of them to INFO as it imports and starts up)."""
+    level = rq_level(logging.getLevelName(logging.getLogger().level))
+    for name in ("rq", "rq.worker", "rq.job", "rq.queue", "rq.scheduler", "rq.worker_pool"):
+        logging.getLogger(name).setLevel(level)

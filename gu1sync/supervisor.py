@@ -1,9 +1,10 @@
 """`gu1-sync run`: the whole connector on one box, in the foreground, stopped cleanly by Ctrl-C.
 
-Starts Redis when nothing answers at the configured URL (a local redis-server, data and AOF under
-./var/redis), then the receiver (gunicorn) and the workers, each in its own process group so that
-Ctrl-C reaches only this supervisor. On Ctrl-C or SIGTERM it asks each child to stop gracefully:
-gunicorn finishes the requests in flight, workers finish the job in hand, Redis stops last.
+When REDIS_URL is not set, it starts a redis-server of its own (on a socket under ./var/redis, with
+its data and append-only file there). Then the receiver (gunicorn) and a pool of workers, each in
+its own process group so that Ctrl-C reaches only this supervisor, which stops them in order:
+gunicorn finishes the requests in flight, workers the jobs in hand, and Redis stops last.
+Every child's output is shown line by line, prefixed with its name.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 from .configfile import ENV_ONLY, ConfigError, parse_yaml
 from .queue import redact
@@ -25,6 +26,7 @@ from .worker import wait_for_redis
 
 log = logging.getLogger("gu1sync.run")
 ROOT = Path(__file__).resolve().parent.parent
+INSTALL_REDIS = "redis-server is not installed: sudo apt install redis-server (Debian/Ubuntu), or set REDIS_URL"
 
 
 def ensure_dev_secrets(env_file: Path, names: list[str]) -> list[str]:
@@ -59,76 +61,102 @@ def secret_variables(config_path: str) -> list[str]:
     return names
 
 
-class Supervisor:
-    """Starts the children, watches them, and stops them in order."""
+def _answers(url: str) -> bool:
+    from .queue import redis_client
 
-    def __init__(self, config_path: str, bind: str, workers: int, var_dir: Path):
+    try:
+        return bool(redis_client(url, connect_timeout=1, timeout=1).ping())
+    except Exception:  # noqa: BLE001 - any failure means: not ours to use
+        return False
+
+
+def local_redis_url(var_dir: Path) -> str:
+    """Where our own Redis listens: a socket under ./var (no port to collide with), or a free port
+    when that path is too long for a socket."""
+    socket_path = (var_dir / "redis" / "redis.sock").resolve()
+    if len(str(socket_path)) < 100:
+        return f"unix://{socket_path}?db=0"
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+
+
+class Supervisor:
+    """Starts the children, shows their output, watches them, and stops them in order."""
+
+    def __init__(self, config_path: str, bind: str, processes: int, var_dir: Path):
         self.config_path = config_path
         self.bind = bind
-        self.workers = workers
+        self.processes = processes
         self.var_dir = var_dir
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.redis: subprocess.Popen | None = None
         self.stopping = False
+        self._width = 9
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, argv: list[str], log_file: Path | None = None) -> subprocess.Popen:
         # A new session: the terminal's Ctrl-C goes to us alone, and we stop children in order.
-        process = subprocess.Popen(argv, cwd=ROOT, start_new_session=True)
+        output = open(log_file, "a") if log_file else subprocess.PIPE  # noqa: SIM115 - the child keeps it
+        process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        if log_file is None:
+            threading.Thread(target=self._relay, args=(name, process), daemon=True).start()
         log.info("started %s (pid %d)", name, process.pid)
         return process
 
+    def _relay(self, name: str, process: subprocess.Popen) -> None:
+        prefix = f"{name:<{self._width}}| "
+        for line in process.stdout:
+            sys.stdout.write(prefix + line)
+            sys.stdout.flush()
+
     def start_redis(self, url: str) -> bool:
-        """Make sure Redis answers at `url`, starting a local one if we may; False if we cannot."""
-        if wait_for_redis(url, patience=0):
-            log.info("redis: using the one already running at %s", redact(url))
-            return True
-        parsed = urlparse(url)
-        host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
+        """Start our own redis-server at `url` (a socket or a local port); False if we cannot."""
         binary = shutil.which("redis-server")
-        if host not in ("127.0.0.1", "localhost", "::1") or binary is None:
-            where = "redis-server is not installed (Debian/Ubuntu: sudo apt install redis-server)"
-            if binary:
-                where = "it is not on this machine, so it is not started here"
-            log.error("redis does not answer at %s and %s; or set REDIS_URL to a running one", redact(url), where)
+        if binary is None:
+            log.error(INSTALL_REDIS)
             return False
+        if _answers(url):
+            log.info("redis: ours is already running at %s", url)
+            return True
         data = self.var_dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        self.redis = self._spawn(
-            "redis-server",
-            [
-                binary,
-                "--bind",
-                host,
-                "--port",
-                str(port),
-                "--dir",
-                str(data),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
-        )
+        if url.startswith("unix://"):
+            socket_path = url.removeprefix("unix://").split("?")[0]
+            listen = ["--port", "0", "--unixsocket", socket_path, "--unixsocketperm", "700"]
+        else:
+            listen = ["--bind", "127.0.0.1", "--port", url.rsplit(":", 1)[1].split("/")[0]]
+        options = ["--dir", str(data.resolve()), "--appendonly", "yes", "--save", "", "--daemonize", "no"]
+        self.redis = self._spawn("redis", [binary, *listen, *options], log_file=data / "redis.log")
         if not wait_for_redis(url, patience=10):
-            log.error("redis-server did not come up on %s:%d", host, port)
+            log.error("redis-server did not come up at %s", url)
             return False
+        log.info("redis: started at %s; data, append-only file and log in %s", url, data)
         return True
 
-    def run(self, redis_url: str) -> int:
+    def run(self, redis_url: str, own_redis: bool) -> int:
         """Run until Ctrl-C, SIGTERM, or a child dying; return the exit status."""
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
-        if not self.start_redis(redis_url):
-            self.stop()
-            return 1
+        if own_redis:
+            if not self.start_redis(redis_url):
+                self.stop()
+                return 1
+        elif not wait_for_redis(redis_url, patience=3):
+            log.warning("redis at %s does not answer yet: webhooks are still accepted, workers wait", redact(redis_url))
         base = [sys.executable, str(ROOT / "app.py"), "--config", self.config_path]
         self.children.append(("receiver", self._spawn("receiver", [*base, "serve", "--bind", self.bind])))
-        for n in range(self.workers):
-            self.children.append((f"worker {n + 1}", self._spawn(f"worker {n + 1}", [*base, "worker"])))
+        workers = [*base, "worker", "--processes", str(self.processes)]
+        self.children.append(("workers", self._spawn("workers", workers)))
         log.info("gu1-sync is running: webhooks at http://%s/webhooks/<source>; Ctrl-C stops it", self.bind)
         status = 0
         while not self.stopping:
@@ -154,12 +182,9 @@ class Supervisor:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for name, process in self.children:
-            try:
-                process.wait()
-            except KeyboardInterrupt:
-                process.wait()
+            process.wait()
             log.info("%s stopped", name)
         if self.redis is not None and self.redis.poll() is None:
             self.redis.send_signal(signal.SIGTERM)
             self.redis.wait()
-            log.info("redis-server stopped (data in %s)", self.var_dir / "redis")
+            log.info("redis stopped (its data is in %s)", self.var_dir / "redis")

@@ -1,8 +1,8 @@
-"""The worker side: the RQ job that processes one stored event, and the worker process itself.
+"""The worker side: the RQ job that processes one stored event, and the workers themselves.
 
-A worker process sweeps once at start (events stored while Redis was down get queued), keeps
+Each worker process sweeps once at start (work stored while Redis was down gets queued), keeps
 sweeping every `queue.sweep_interval` in a background thread, and runs RQ jobs with the scheduler
-so that retries parked for later are run.
+so that retries parked for later are run. `gu1-sync worker --processes N` runs an RQ worker pool.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
+from rq.worker_pool import WorkerPool
 
 from connectors import Connectors
 from rules.engine import evaluate
 
+from . import logs
 from .actionlog import ActionLog
 from .config import Config, ConfigError, load_config
 from .queue import EventQueue, redact, redis_client
@@ -143,13 +145,36 @@ def process_event(event_id: str) -> dict:
     return {"event": event_id, "matched": matched, "pending": pending}
 
 
+class JsonQueue(Queue):
+    """An RQ queue that always speaks JSON, however it is built (the worker pool builds its own)."""
+
+    def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003 - RQ's signature
+        kwargs["serializer"] = JSONSerializer
+        super().__init__(*args, **kwargs)
+
+
 class Gu1Worker(SimpleWorker):
     """RQ's worker without a fork per job, so that connectors and their sessions live from job to job
-    (and it is several times faster); it brings the config up to date before each job."""
+    (and it is several times faster). It sweeps at start and every `queue.sweep_interval` in a thread
+    of its own, and brings the config up to date before each job."""
+
+    def work(self, *args, **kwargs) -> bool:  # noqa: ANN002, ANN003 - RQ's signature
+        # RQ's pool passes INFO to the workers it respawns; keep its chatter at our level.
+        kwargs["logging_level"] = logs.rq_level(logging.getLevelName(logging.getLogger().level))
+        ctx = context()
+        sweeper = Sweeper(ctx.queue, ctx.config.queue.sweep_interval)
+        swept = sweeper.sweep_once()
+        if swept:
+            log.info("start-up sweep queued %d stored event(s) or action(s)", len(swept))
+        if not kwargs.get("burst"):
+            sweeper.start()
+        try:
+            return super().work(*args, **kwargs)
+        finally:
+            sweeper.stop()
 
     def execute_job(self, job, queue):  # noqa: ANN001 - RQ's signature
-        if _context is not None:
-            _context.watcher.current()
+        context().watcher.current()
         return super().execute_job(job, queue)
 
 
@@ -200,27 +225,50 @@ def wait_for_redis(url: str, patience: float | None = None) -> bool:
             time.sleep(1)
 
 
-def run_worker(config: Config, *, burst: bool = False, with_scheduler: bool = True) -> None:
-    """Run one RQ worker (forking a work horse per job) plus the sweeper, until stopped."""
-    ctx = WorkerContext.from_config(config)
-    use_context(ctx)
-    wait_for_redis(config.queue.redis_url)
-    sweeper = Sweeper(ctx.queue, config.queue.sweep_interval)
-    swept = sweeper.sweep_once()
-    log.info(
-        "worker start: config %s (%d rule(s)), %d stored event(s) queued by the start-up sweep",
-        config.digest,
-        len(config.rules),
-        len(swept),
-    )
-    if not burst:
-        sweeper.start()
-    connection = redis_client(config.queue.redis_url, connect_timeout=5, timeout=None)
-    queue = Queue(config.queue.name, connection=connection, serializer=JSONSerializer)
-    worker = Gu1Worker([queue], connection=connection, serializer=JSONSerializer)
-    try:
-        worker.work(
-            burst=burst, with_scheduler=with_scheduler, logging_level=logging.getLevelName(log.getEffectiveLevel())
+def dry_run_notice(config: Config) -> list[str]:
+    """One plain sentence per connector that has no credentials (its actions are recorded, never sent)."""
+    lines = []
+    if config.connectors.salesforce.auth is None:
+        lines.append(
+            "Salesforce has no credentials (connectors.salesforce.auth): salesforce.* actions run dry, "
+            "rendered and recorded but never sent."
         )
-    finally:
-        sweeper.stop()
+    if config.connectors.slack.token is None and config.connectors.slack.webhook_url is None:
+        lines.append(
+            "Slack has no credentials (connectors.slack.token or webhook_url): slack.post actions run dry, "
+            "rendered and recorded but never sent."
+        )
+    return lines
+
+
+def run_worker(config: Config, *, burst: bool = False, processes: int = 1) -> None:
+    """Run RQ workers with the scheduler until stopped: one in this process, or a pool of `processes`.
+
+    SIGTERM or Ctrl-C stops them warmly: each finishes the job in hand first.
+    """
+    os.environ["GU1_SYNC_CONFIG"] = os.path.abspath(config.file)  # pool workers load it themselves
+    wait_for_redis(config.queue.redis_url)
+    log.info("workers start: %d process(es), config %s, %d rule(s)", processes, config.digest, len(config.rules))
+    for line in dry_run_notice(config):
+        log.warning(line)
+    connection = redis_client(config.queue.redis_url, connect_timeout=5, timeout=None)
+    level = logs.rq_level(logging.getLevelName(log.getEffectiveLevel()))
+    logs.quiet_rq()
+    if processes == 1:
+        use_context(WorkerContext.from_config(config))
+        worker = Gu1Worker(
+            [JsonQueue(config.queue.name, connection=connection)], connection=connection, serializer=JSONSerializer
+        )
+        worker.work(burst=burst, with_scheduler=True, logging_level=level)
+        return
+    # The pool process forks the workers; it holds no database connection and no thread of its own.
+    pool = WorkerPool(
+        [config.queue.name],
+        connection=connection,
+        num_workers=processes,
+        worker_class=Gu1Worker,
+        serializer=JSONSerializer,
+        queue_class=JsonQueue,
+    )
+    logs.quiet_rq()  # the pool set its own logger to INFO
+    pool.start(burst=burst, logging_level=level)
