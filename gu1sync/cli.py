@@ -5,7 +5,9 @@ Every command reads the config first; a config with errors prints every problem 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -148,6 +150,7 @@ def serve(ctx: click.Context, bind: str, workers: int, threads: int) -> None:
                 # No keep-alive: after an early answer (a 413 before the body is read) gunicorn would
                 # otherwise read and discard the rest of the body to reuse the connection.
                 "keepalive": 0,
+                "logconfig_dict": logs.gunicorn_logging(),
             }
             for key, value in settings.items():
                 self.cfg.set(key, value)
@@ -166,13 +169,16 @@ def serve(ctx: click.Context, bind: str, workers: int, threads: int) -> None:
 
 
 @cli.command()
+@click.option("--processes", default=1, show_default=True, help="Worker processes (more than 1: an RQ pool).")
 @click.option("--burst", is_flag=True, help="Process what is queued, then exit.")
 @click.pass_context
-def worker(ctx: click.Context, burst: bool) -> None:
-    """Run a worker: processes queued events and sweeps stored ones onto the queue."""
+def worker(ctx: click.Context, processes: int, burst: bool) -> None:
+    """Run workers: they process events and actions, retry, and sweep stored work onto the queue."""
     from .worker import run_worker
 
-    run_worker(_config(ctx), burst=burst)
+    if processes < 1:
+        raise click.BadParameter("at least 1", param_hint="--processes")
+    run_worker(_config(ctx), burst=burst, processes=processes)
 
 
 @cli.command()
@@ -194,23 +200,26 @@ def sweep(ctx: click.Context) -> None:
 
 @cli.command()
 @click.option("--bind", default="127.0.0.1:8000", show_default=True, help="Address the receiver listens on.")
-@click.option("--workers", default=2, show_default=True, help="Worker processes.")
+@click.option("--processes", default=2, show_default=True, help="Worker processes.")
 @click.pass_context
-def run(ctx: click.Context, bind: str, workers: int) -> None:
-    """Run everything on this box: Redis (if none answers), the receiver and the workers. Ctrl-C stops it."""
-    from .supervisor import Supervisor, ensure_dev_secrets, secret_variables
+def run(ctx: click.Context, bind: str, processes: int) -> None:
+    """Run everything on this box: Redis (unless REDIS_URL is set), the receiver, the workers. Ctrl-C stops it."""
+    from .supervisor import Supervisor, ensure_dev_secrets, local_redis_url, secret_variables
 
+    var_dir = Path(ctx.obj["config_path"]).resolve().parent / "var"
+    own_redis = not os.environ.get("REDIS_URL")
+    if own_redis:  # config.yaml reads ${REDIS_URL:-...}: point it at the Redis we are about to start
+        os.environ["REDIS_URL"] = local_redis_url(var_dir)
     env_file: Path = ctx.obj["env_file"]
-    added = ensure_dev_secrets(env_file, secret_variables(ctx.obj["config_path"]))
-    for name in added:
+    for name in ensure_dev_secrets(env_file, secret_variables(ctx.obj["config_path"])):
         click.echo(
             f"{name} was not set: generated a development secret in {env_file}. Gu1 does not know it; "
             "put the secret from Gu1's dashboard there (or in the environment) to receive real webhooks.",
             err=True,
         )
     config = _config(ctx)
-    var_dir = Path(config.storage_path).resolve().parent
-    sys.exit(Supervisor(ctx.obj["config_path"], bind, workers, var_dir).run(config.queue.redis_url))
+    own_redis = own_redis and config.queue.redis_url == os.environ["REDIS_URL"]
+    sys.exit(Supervisor(ctx.obj["config_path"], bind, processes, var_dir).run(config.queue.redis_url, own_redis))
 
 
 def _since(text: str | None) -> str | None:
@@ -301,3 +310,82 @@ def stats(ctx: click.Context, as_json: bool) -> None:
 
     data = _context(ctx).actions.stats()
     click.echo(report.as_json(data) if as_json else report.format_stats(data))
+
+
+@cli.command("send-test")
+@click.argument("event_type")
+@click.option("--source", help="The source to send to (default: the first gu1 source).")
+@click.option(
+    "--url",
+    envvar="GU1_SYNC_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="The receiver (or $GU1_SYNC_URL); /webhooks/<source> is added.",
+)
+@click.option(
+    "--generation",
+    type=click.Choice(["current", "legacy"]),
+    default="current",
+    show_default=True,
+    help="For kyc.* events: Gu1's current payloads, or the older ones (payload.validationId).",
+)
+@click.option("--wait", default=15.0, show_default=True, help="Seconds to wait for the event's actions to settle.")
+@click.pass_context
+def send_test(ctx: click.Context, event_type: str, source: str | None, url: str, generation: str, wait: float) -> None:
+    """Send a realistic, signed EVENT_TYPE (e.g. kyc.validation_approved) and show what became of it."""
+    from rules.simulate import default_source
+
+    from . import report, sendtest
+    from .actionlog import ActionLog
+    from .store import Store
+
+    config = _config(ctx)
+    name = source or default_source(config)
+    if name not in config.sources:
+        raise click.BadParameter(f"no source {name!r}; sources: {', '.join(config.sources)}", param_hint="--source")
+    body, headers = sendtest.build(config, name, event_type, generation)
+    target = f"{url.rstrip('/')}/webhooks/{name}"
+    delivery = sendtest.post(target, body, headers)
+    if delivery.error:
+        click.echo(f"{delivery.error}\nis the receiver running? (make run, or ./gu1-sync serve)", err=True)
+        sys.exit(1)
+    click.echo(f"POST {target} ({event_type}, {len(body)} bytes, signed with ${config.sources[name].secrets[0].name})")
+    answer = delivery.answer if isinstance(delivery.answer, str) else json.dumps(delivery.answer)
+    click.echo(f"-> {delivery.status} {answer}")
+    if delivery.status is None or not 200 <= delivery.status < 300 or not isinstance(delivery.answer, dict):
+        sys.exit(1)
+    if wait <= 0:
+        return
+    store = Store(config.storage_path, config.storage.busy_timeout)
+    outcome = sendtest.follow(store, delivery.answer["id"], wait)
+    if outcome == "not_found":
+        click.echo(f"the event is not in {config.storage_path}: is the receiver at {url} using this config?", err=True)
+        sys.exit(1)
+    click.echo("")
+    click.echo(report.format_trace(report.trace(store, ActionLog(store), delivery.answer["id"])))
+    if outcome == "timeout":
+        click.echo(
+            f"\n(still in progress after {wait:g} s: are the workers running? ./gu1-sync show {delivery.answer['id']})"
+        )
+
+
+@cli.command()
+@click.argument("destination", type=click.Path(dir_okay=False))
+@click.pass_context
+def backup(ctx: click.Context, destination: str) -> None:
+    """Copy the SQLite file to DESTINATION, consistently, while everything keeps running."""
+    import sqlite3
+
+    from .store import Store, StoreUnavailable
+
+    config = _config(ctx)
+    if Path(destination).exists():
+        raise click.BadParameter(f"{destination} exists; choose a new file", param_hint="DESTINATION")
+    try:
+        source = Store(config.storage_path, config.storage.busy_timeout).db.conn
+        with sqlite3.connect(destination) as target:
+            source.backup(target)  # SQLite's online backup: a consistent copy, writers are not stopped
+    except (sqlite3.Error, StoreUnavailable) as exc:
+        click.echo(f"backup failed: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"backed up {config.storage_path} to {destination}")

@@ -8,6 +8,8 @@ webhook *configuration*, not the event, and must not be used to deduplicate.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +55,11 @@ class Gu1Kind:
         """The name of the secret that signed `body`; 401 for anything else."""
         given = hex_signature(single_header(headers, "X-Webhook-Signature", "missing_signature", "malformed_signature"))
         return matching_secret(self._keys, body, [given])
+
+    def sign(self, body: bytes, now: datetime, event_type: str) -> dict[str, str]:
+        """Headers as Gu1 sends them, signed with the first configured secret (for send-test)."""
+        digest = hmac.new(self._keys[0][1], body, hashlib.sha256).hexdigest()
+        return {"X-Webhook-Signature": digest, "X-Webhook-Event": event_type, "X-Webhook-Timestamp": iso(now)}
 
     def parse(self, document: dict, headers: Headers) -> Envelope:
         """Read `{event, timestamp, organizationId?, payload}`; X-Webhook-Event must agree with it."""

@@ -5,6 +5,8 @@ Here X-Webhook-ID *is* the event id (the body's `id` says the same and is signed
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -41,6 +43,17 @@ class KycWebhooksKind:
         unix_timestamp(stamp, now, self.source.tolerance)
         message = body if self.source.signed_payload == "body" else stamp.encode() + b"." + body
         return matching_secret(self._keys, message, [given])
+
+    def sign(self, body: bytes, now: datetime, event_type: str) -> dict[str, str]:
+        """Headers as the provider sends them, signed with the first configured secret (for send-test)."""
+        stamp = str(int(now.timestamp()))
+        message = body if self.source.signed_payload == "body" else stamp.encode() + b"." + body
+        digest = hmac.new(self._keys[0][1], message, hashlib.sha256).hexdigest()
+        return {
+            "X-Webhook-Signature": f"sha256={digest}",
+            "X-Webhook-Timestamp": stamp,
+            "User-Agent": "KYC-Webhooks/1.0",
+        }
 
     def parse(self, document: dict, headers: Headers) -> Envelope:
         """Read `{id, type, created, data}`; the id is the event's identity."""

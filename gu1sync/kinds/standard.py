@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
+import secrets
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -66,6 +69,16 @@ class StandardKind:
         given = _signatures(single_header(headers, "webhook-signature", "missing_signature", "malformed_signature"))
         unix_timestamp(stamp, now, self.source.tolerance)
         return matching_secret(self._keys, f"{msg_id}.{stamp}.".encode() + body, given)
+
+    def sign(self, body: bytes, now: datetime, event_type: str) -> dict[str, str]:
+        """Standard Webhooks headers, signed with the first configured secret (for send-test)."""
+        msg_id, stamp = f"msg_{secrets.token_hex(12)}", str(int(now.timestamp()))
+        digest = hmac.new(self._keys[0][1], f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
+        return {
+            "webhook-id": msg_id,
+            "webhook-timestamp": stamp,
+            "webhook-signature": "v1," + base64.b64encode(digest).decode(),
+        }
 
     def parse(self, document: dict, headers: Headers) -> Envelope:
         """Read `{type, timestamp, data}`; webhook-id is the message's identity across retries."""
