@@ -1,94 +1,175 @@
-"""`gu1-sync run` (what `make run` starts): Redis if needed, the receiver, workers; Ctrl-C stops it all."""
+"""`gu1-sync run` (what `make run` starts) and `send-test`: the whole connector on one box, dry runs,
+a clean stop with the job in hand finished, and the one line for a machine without Redis."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import pytest
-from dotenv import dotenv_values
+from werkzeug.datastructures import Headers
 
 from gu1sync import samples
-from gu1sync.store import DONE, Store
-from tests.conftest import ROOT, free_port
-from tests.helpers import dumps, gu1_headers
+from gu1sync.config import parse_config
+from gu1sync.kinds import kind_for
+from gu1sync.sendtest import build
+from gu1sync.store import Store
+from tests.conftest import ROOT, SOURCES_YAML, free_port
+from tests.emulators.slack import SlackEmulator
+from tests.helpers import SECRETS
 
 CONFIG = """version: 1
 storage:
   path: var/events.db
 queue:
-  redis_url: "redis://127.0.0.1:{redis_port}/0"
+  redis_url: ${{REDIS_URL:-redis://127.0.0.1:1/0}}
+  sweep_interval: 1s
 sources:
   gu1-production:
     kind: gu1
     environment: production
     secrets: ["${{RUN_TEST_GU1_SECRET}}"]
+{connectors}
+rules:
+  - name: blocked
+    on: entity.status_changed
+    actions:
+      - salesforce.upsert:
+          object: Contact
+          external_id_field: Gu1_External_Id__c
+          external_id: "{{{{ entity.externalId }}}}"
+          fields: {{Status__c: "{{{{ payload.status }}}}"}}
+      - slack.post: {{channel: "#compliance-alerts", layout: compliance-alert}}
 """
 
 
-def wait_until(predicate, timeout: float = 30.0):
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError("timed out")
+    raise AssertionError(f"timed out waiting for {what}")
 
 
-def _post(port: int, body: bytes, headers: dict):
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        conn.request("POST", "/webhooks/gu1-production", body=body, headers=headers)
-        return conn.getresponse().status
-    except OSError:
-        return None
-
-
-@pytest.mark.real_redis
-def test_run_starts_redis_receiver_and_workers_and_stops_cleanly(tmp_path):
-    if shutil.which("redis-server") is None:
-        pytest.skip("needs redis-server")
-    redis_port, http_port = free_port(), free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG.format(redis_port=redis_port))
-    env = {k: v for k, v in os.environ.items() if k != "RUN_TEST_GU1_SECRET"}
+def start_run(tmp_path, connectors: str = "", env: dict | None = None) -> tuple[subprocess.Popen, int]:
+    (tmp_path / "config.yaml").write_text(CONFIG.format(connectors=connectors))
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if k not in ("RUN_TEST_GU1_SECRET", "REDIS_URL")}
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "app.py",
-            "--config",
-            str(config),
-            "run",
-            "--bind",
-            f"127.0.0.1:{http_port}",
-            "--workers",
-            "1",
-        ],
+        [sys.executable, "app.py", "--config", str(tmp_path / "config.yaml"), "run", "--bind", f"127.0.0.1:{port}"],
         cwd=ROOT,
-        env=env,
+        env={**environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    return process, port
+
+
+def send_test(tmp_path, port: int, event_type: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "app.py",
+            "--config",
+            str(tmp_path / "config.yaml"),
+            "send-test",
+            event_type,
+            "--url",
+            f"http://127.0.0.1:{port}",
+            *args,
+        ],
+        cwd=ROOT,
+        env={**{k: v for k, v in os.environ.items() if k != "RUN_TEST_GU1_SECRET"}, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_run_brings_everything_up_dry_and_send_test_shows_the_event(tmp_path):
+    process, port = start_run(tmp_path)
     try:
         secrets_file = tmp_path / "var" / "secrets.env"
-        secret = wait_until(lambda: secrets_file.exists() and dotenv_values(secrets_file).get("RUN_TEST_GU1_SECRET"))
+        wait_until(lambda: secrets_file.exists(), what="the generated secrets")
         assert oct(secrets_file.stat().st_mode & 0o777) == "0o600"
-        body = dumps(samples.sample("kyc.validation_approved", seed=1))
-        assert wait_until(lambda: _post(http_port, body, gu1_headers(body, secret))) == 202
-        store = Store(str(tmp_path / "var" / "events.db"))
-        wait_until(lambda: store.db.execute("SELECT count(*) FROM events WHERE status = ?", (DONE,)).fetchone()[0])
+        result = wait_until(
+            lambda: (r := send_test(tmp_path, port, "entity.status_changed")).returncode == 0 and r,
+            what="send-test to get through",
+        )
+        text = result.stdout
+        assert "-> 202 " in text and "signed with $RUN_TEST_GU1_SECRET" in text
+        assert "matched  blocked" in text
+        assert "blocked #0 salesforce.upsert: dry_run" in text
+        assert "blocked #1 slack.post: dry_run" in text
+        assert "result   not sent: connectors.salesforce has no credentials (dry run)" in text
+        assert '"Status__c": "blocked"' in text  # the rendered request is shown
         assert (tmp_path / "var" / "redis" / "appendonlydir").is_dir()  # our Redis, with AOF, under ./var
+        assert (tmp_path / "var" / "redis" / "redis.sock").exists()
     finally:
         process.send_signal(signal.SIGINT)  # what Ctrl-C does
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
-    assert "redis-server stopped" in output
-    assert "worker 1 stopped" in output and "receiver stopped" in output
-    assert secret not in output
+    assert output.count("Salesforce has no credentials") == 1  # said once, plainly
+    assert output.count("Slack has no credentials") == 1
+    assert "workers stopped" in output and "receiver stopped" in output and "redis stopped" in output
+    assert "receiver | " in output and "workers  | " in output  # every line says whose it is
+    assert "rq.worker: Worker" not in output  # RQ's own chatter stays out of the terminal
+    assert (tmp_path / "var" / "secrets.env").read_text().split("=", 1)[1].strip() not in output
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_ctrl_c_lets_the_job_in_hand_finish(tmp_path):
+    with SlackEmulator() as workspace:
+        connectors = f'connectors:\n  slack: {{token: "{workspace.token}", base_url: "{workspace.api_url}"}}\n'
+        # A literal token is refused (secrets come from the environment), so give it through one.
+        connectors = connectors.replace(f'"{workspace.token}"', '"${SLACK_TOKEN}"')
+        token = {"SLACK_TOKEN": workspace.token}
+        process, port = start_run(tmp_path, connectors, env=token)
+        try:
+            workspace.stall(r"chat\.postMessage", 3)
+            wait_until(
+                lambda: send_test(tmp_path, port, "entity.status_changed", "--wait", "0", env=token).returncode == 0,
+                what="the event to be accepted",
+            )
+            wait_until(lambda: workspace.seen("POST", r"chat\.postMessage"), what="the Slack call to start")
+        finally:
+            process.send_signal(signal.SIGINT)
+            output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, output
+        store = Store(str(tmp_path / "var" / "events.db"))
+        [post] = [a for a in store.db.query("SELECT * FROM actions WHERE type = 'slack.post'")]
+        assert post["status"] == "done", output  # the call in flight completed before the workers stopped
+        assert len(workspace.messages) == 1
+        assert output.index("stopping: requests and jobs in flight finish first") < output.index("workers stopped")
+
+
+def test_without_redis_installed_run_says_how_to_get_it(tmp_path):
+    process, _ = start_run(tmp_path, env={"PATH": "/nonexistent"})
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert "redis-server is not installed: sudo apt install redis-server (Debian/Ubuntu), or set REDIS_URL" in output
+
+
+@pytest.mark.parametrize("source", ["gu1-prod", "kyc", "kyc-ts", "std"])
+@pytest.mark.parametrize("generation", ["current", "legacy"])
+def test_send_test_builds_what_each_kind_verifies_and_reads(source, generation):
+    config = parse_config(f"version: 1\n{SOURCES_YAML}", "config.yaml", environ=SECRETS)
+    kind = kind_for(config.sources[source])
+    for event in samples.KNOWN_EVENTS:
+        body, headers = build(config, source, event, generation)
+        assert (
+            kind.verify(Headers(headers), body, datetime.now().astimezone()) == config.sources[source].secrets[0].name
+        )
+        import json
+
+        envelope = kind.parse(json.loads(body), Headers(headers))
+        assert envelope.type == event and envelope.identity
