@@ -8,9 +8,9 @@ holds for it); it is never an error at run time.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
+from pydantic import BeforeValidator, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 
 from gu1sync.schema import CUSTOM_MESSAGES, StrictModel, one_or_many
 from gu1sync.timeutil import parse_iso
@@ -56,6 +56,11 @@ def _ordered(actual: Any, expected: Any) -> tuple[Any, Any] | None:
 
 def _listed(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
+
+
+T = TypeVar("T")
+# One value or a list of them (`entity_types: person`), at least one.
+Listed = Annotated[list[T], BeforeValidator(_listed), Field(min_length=1, json_schema_extra=one_or_many)]
 
 
 class FieldCondition(StrictModel):
@@ -212,12 +217,7 @@ class NotOf(StrictModel):
 class EntityTypes(StrictModel):
     """Gu1's `entityTypes` filter: the event's entity is one of these types."""
 
-    entity_types: Annotated[list[str], Field(min_length=1, json_schema_extra=one_or_many)]
-
-    @field_validator("entity_types", mode="before")
-    @classmethod
-    def _as_list(cls, value: Any) -> Any:
-        return _listed(value)
+    entity_types: Listed[str]
 
     def describe(self) -> str:
         return f"entity.type in {self.entity_types}"
@@ -268,14 +268,7 @@ class StatusChanges(StrictModel):
 class RuleSeverity(StrictModel):
     """Gu1's `ruleSeverity` filter: payload.rule.severity is one of these."""
 
-    rule_severity: Annotated[
-        list[Literal["low", "medium", "high", "critical"]], Field(min_length=1, json_schema_extra=one_or_many)
-    ]
-
-    @field_validator("rule_severity", mode="before")
-    @classmethod
-    def _as_list(cls, value: Any) -> Any:
-        return _listed(value)
+    rule_severity: Listed[Literal["low", "medium", "high", "critical"]]
 
     def describe(self) -> str:
         return f"payload.rule.severity in {self.rule_severity}"
@@ -290,12 +283,7 @@ class RuleSeverity(StrictModel):
 class RuleIds(StrictModel):
     """Gu1's `ruleIds` filter: payload.ruleId (or payload.rule.id) is one of these."""
 
-    rule_ids: Annotated[list[str], Field(min_length=1, json_schema_extra=one_or_many)]
-
-    @field_validator("rule_ids", mode="before")
-    @classmethod
-    def _as_list(cls, value: Any) -> Any:
-        return _listed(value)
+    rule_ids: Listed[str]
 
     def _rule_id(self, ctx: dict) -> Any:
         found = resolve(ctx, ("payload", "ruleId"))
@@ -314,12 +302,7 @@ class RuleIds(StrictModel):
 class Changed(StrictModel):
     """For entity.updated: payload.changes has this dotted path (or something under it)."""
 
-    changed: Annotated[list[str], Field(min_length=1, json_schema_extra=one_or_many)]
-
-    @field_validator("changed", mode="before")
-    @classmethod
-    def _as_list(cls, value: Any) -> Any:
-        return _listed(value)
+    changed: Listed[str]
 
     def describe(self) -> str:
         return f"changed {' or '.join(self.changed)}"

@@ -278,3 +278,21 @@ def client(app):
 @pytest.fixture
 def services(app):
     return app.extensions["gu1sync"]
+
+
+@pytest.fixture
+def org():
+    """A Salesforce org on localhost (HTTPS, throwaway CA)."""
+    from tests.emulators.salesforce import SalesforceEmulator
+
+    with SalesforceEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def workspace():
+    """A Slack workspace on localhost."""
+    from tests.emulators.slack import SlackEmulator
+
+    with SlackEmulator() as emulator:
+        yield emulator

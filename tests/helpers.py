@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 SECRETS = {
@@ -77,3 +78,14 @@ def std_headers(body: bytes, msg_id: str, timestamp: int, secret: str = SECRETS[
         "webhook-timestamp": str(timestamp),
         "webhook-signature": signature,
     }
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):  # noqa: ANN001
+    """Poll `predicate` until it gives something true, and return that; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -24,12 +24,6 @@ UPSERT = {
 }
 
 
-@pytest.fixture
-def org():
-    with SalesforceEmulator() as emulator:
-        yield emulator
-
-
 def salesforce(org: SalesforceEmulator, auth: dict | None = None, timeout: float = 5) -> SalesforceConnector:
     auth = auth or {"method": "session", "instance_url": org.url, "session_id": Secret("SF_SESSION", org.new_session())}
     settings = SalesforceSettings.model_validate({"auth": auth, "timeout": timeout})
@@ -218,12 +212,6 @@ def test_create_returns_the_new_id(org):
 
 
 # -- Slack: response -> retry decision --------------------------------------------------------------
-
-
-@pytest.fixture
-def workspace():
-    with SlackEmulator() as emulator:
-        yield emulator
 
 
 def slack(workspace: SlackEmulator, **settings) -> SlackConnector:

@@ -21,8 +21,7 @@ from gu1sync.cli import cli
 from gu1sync.delivery import backoff_delay, run_action
 from gu1sync.worker import Gu1Worker, WorkerContext, process_event, use_context
 from rules.model import RetrySettings
-from tests.emulators.salesforce import LOCKED, SalesforceEmulator
-from tests.emulators.slack import SlackEmulator
+from tests.emulators.salesforce import LOCKED
 from tests.helpers import SECRETS, dumps, gu1_headers
 
 pytestmark = pytest.mark.real_redis
@@ -66,18 +65,6 @@ rules:
           external_id: "{{{{ entity.externalId }}}}"
           fields: {{KYC_Status__c: "{{{{ payload.status }}}}", Status__c: "from-kyc"}}
 """
-
-
-@pytest.fixture
-def org():
-    with SalesforceEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def workspace():
-    with SlackEmulator() as emulator:
-        yield emulator
 
 
 @pytest.fixture

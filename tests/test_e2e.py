@@ -18,7 +18,7 @@ from gu1sync.store import Store
 from tests.conftest import ROOT, config_text, free_port
 from tests.emulators.salesforce import SalesforceEmulator
 from tests.emulators.slack import SlackEmulator
-from tests.helpers import SECRETS, dumps, gu1_headers
+from tests.helpers import SECRETS, dumps, gu1_headers, wait_until
 
 pytestmark = pytest.mark.real_redis
 
@@ -60,16 +60,6 @@ BLOCKED = {
         "entity": {"id": "550e8400-e29b-41d4-a716-446655440000", "externalId": "customer_abc123", "name": "John Doe"},
     },
 }
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Stack:
@@ -129,18 +119,6 @@ class Stack:
                 os.killpg(process.pid, signal.SIGTERM)
         for process in self.processes:
             process.wait(30)
-
-
-@pytest.fixture
-def org():
-    with SalesforceEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def workspace():
-    with SlackEmulator() as emulator:
-        yield emulator
 
 
 @pytest.fixture

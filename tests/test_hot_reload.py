@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,7 +14,7 @@ from gu1sync import samples
 from gu1sync.config import load_config
 from gu1sync.store import DONE
 from tests.conftest import ROOT, config_text
-from tests.helpers import SECRETS, dumps, gu1_headers
+from tests.helpers import SECRETS, dumps, gu1_headers, wait_until
 
 pytestmark = pytest.mark.real_redis
 
@@ -26,15 +25,6 @@ rules:
     actions:
       - slack.post: {channel: "#onboarding", text: "approved {{ entity.externalId }}"}
 """
-
-
-def wait_for(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_worker_reloads_a_good_config_and_keeps_it_over_a_broken_one(tmp_path, redis_url):
@@ -57,7 +47,7 @@ def test_worker_reloads_a_good_config_and_keeps_it_over_a_broken_one(tmp_path, r
         return client.post("/webhooks/gu1-prod", data=body, headers=gu1_headers(body)).json["id"]
 
     def processed(event_id: str) -> dict:
-        wait_for(lambda: store.event(event_id).status == DONE)
+        wait_until(lambda: store.event(event_id).status == DONE)
         return store.db.execute("SELECT config_version, outcome FROM events WHERE id = ?", (event_id,)).fetchone()
 
     try:
@@ -68,7 +58,7 @@ def test_worker_reloads_a_good_config_and_keeps_it_over_a_broken_one(tmp_path, r
         event = post(2)
         assert processed(event) == (second.digest, "matched")
         # No Slack credentials in this config: the action runs dry (recorded, never sent).
-        wait_for(lambda: store.actions(event) and store.actions(event)[0]["status"] == "dry_run")
+        wait_until(lambda: store.actions(event) and store.actions(event)[0]["status"] == "dry_run")
         [action] = store.actions(event)
         assert (action["rule"], action["config_version"]) == ("approved", second.digest)
 

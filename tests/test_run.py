@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime
 
 import pytest
@@ -21,7 +20,7 @@ from gu1sync.sendtest import build
 from gu1sync.store import Store
 from tests.conftest import ROOT, SOURCES_YAML, free_port
 from tests.emulators.slack import SlackEmulator
-from tests.helpers import SECRETS
+from tests.helpers import SECRETS, wait_until
 
 CONFIG = """version: 1
 storage:
@@ -46,16 +45,6 @@ rules:
           fields: {{Status__c: "{{{{ payload.status }}}}"}}
       - slack.post: {{channel: "#compliance-alerts", layout: compliance-alert}}
 """
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_run(tmp_path, connectors: str = "", env: dict | None = None) -> tuple[subprocess.Popen, int]:
