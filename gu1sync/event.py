@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,12 +19,36 @@ def event_id(dedupe_key: str) -> str:
     return "ev_" + hashlib.sha256(dedupe_key.encode()).hexdigest()[:32]
 
 
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
 def parse_json(raw: bytes) -> Any:
-    """JSON from raw bytes; ValueError for anything unreadable, absurd nesting included."""
+    """JSON from raw bytes; ValueError for anything unreadable, absurd nesting included.
+
+    Liberal where it costs nothing: a UTF-8 byte order mark is skipped, and `\\ud83d`-style escapes
+    that do not form a pair (senders cut strings in the middle of an emoji) become U+FFFD, since
+    such text cannot be stored or encoded.
+    """
+    text = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
     try:
-        return json.loads(raw)
+        document = json.loads(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+    if _LONE_SURROGATE.search(text):
+        document = _mend(document)
+    return document
+
+
+def _mend(value: Any) -> Any:
+    if isinstance(value, str):
+        # json.loads has already joined every proper pair; what is left of U+D800..U+DFFF is alone.
+        return _SURROGATES.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_mend(k): _mend(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mend(v) for v in value]
+    return value
 
 
 def body_digest(raw: bytes) -> str:

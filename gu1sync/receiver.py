@@ -75,6 +75,11 @@ def _read_body(req: Request, limit: int) -> bytes:
     return body
 
 
+def printable(text: str | None, limit: int = 100) -> str:
+    """Text from a sender, safe for one log line (no newlines or control characters)."""
+    return "-" if text is None else text[:limit].encode("unicode_escape").decode("ascii")
+
+
 def _kept_headers(req: Request) -> dict[str, str]:
     return {name: req.headers[name][:200] for name in KEPT_HEADERS if name in req.headers}
 
@@ -100,19 +105,22 @@ def receive(source_name: str):
         if not isinstance(document, dict):
             raise BadRequest("not_an_object", "the body is JSON but not an object")
         envelope = kind.parse(document, request.headers)
-    except (ValueError, BadRequest) as exc:
-        problem = exc if isinstance(exc, BadRequest) else BadRequest("invalid_json", "the body is not valid JSON")
+        event = make_event(envelope=envelope, raw=body, secret=secret, **base)
+    except BadRequest as problem:
+        _keep_invalid(svc, base, body, secret, problem)
+        raise
+    except (ValueError, ArithmeticError, UnicodeError):  # unreadable JSON, or values no event can hold
+        problem = BadRequest("invalid_json", "the body is not JSON an event can be read from")
         _keep_invalid(svc, base, body, secret, problem)
         raise problem from None
 
-    event = make_event(envelope=envelope, raw=body, secret=secret, **base)
     new = _store(svc, event)
     queued = svc.queue.enqueue(event.id) if new else None
     log.info(
         "accepted event=%s source=%s type=%s secret=%s duplicate=%s queued=%s ms=%.1f",
         event.id,
         source_name,
-        event.type,
+        printable(event.type),
         secret,
         str(not new).lower(),
         "-" if queued is None else str(queued).lower(),
@@ -163,7 +171,8 @@ def readyz():
         svc.store.check_writable()
         checks["sqlite"] = {"ok": True}
     except StoreUnavailable as exc:
-        checks["sqlite"] = {"ok": False, "error": str(exc)}
+        log.error("readyz: SQLite cannot be written: %s", exc)  # the details (a path) stay in the log
+        checks["sqlite"] = {"ok": False, "error": "cannot write to the database; see the log"}
     checks["redis"] = {"ok": svc.queue.ping()}
     ready = all(check["ok"] for check in checks.values())
     return jsonify(ready=ready, checks=checks), 200 if ready else 503

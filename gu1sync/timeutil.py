@@ -30,14 +30,19 @@ def parse_iso(text: object) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
-    except ValueError:
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment.astimezone(UTC)  # year 1 at +05:00 or 9999 at -05:00 has no UTC time
+    except (ValueError, OverflowError):
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment
 
 
-def from_unix(seconds: float) -> datetime:
-    """A UTC datetime from unix seconds."""
-    return datetime.fromtimestamp(seconds, UTC)
+def from_unix(seconds: float) -> datetime | None:
+    """A UTC datetime from unix seconds; None when out of range."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def parse_duration(value: object) -> float:

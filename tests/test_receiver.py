@@ -344,3 +344,59 @@ def test_no_secret_ever_appears_in_responses_or_logs(client, caplog):
     texts.append(caplog.text)
     for secret in SECRETS.values():
         assert not any(secret in text for text in texts)
+
+
+# -- what senders really send: odd but authentic bodies are accepted, never a 500 ---------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # A JavaScript sender cutting a string in the middle of an emoji leaves a lone surrogate.
+        b'{"event":"kyc.validation_abandoned","timestamp":"2025-01-15T10:00:00Z",'
+        b'"payload":{"id":"v1","lastStep":"selfie \\ud83d"}}',
+        b'\xef\xbb\xbf{"event":"entity.created","timestamp":"2025-01-15T10:00:00Z","payload":{"entity":{"id":"e1"}}}',
+        b'{"event":"entity.created","timestamp":"0001-01-01T00:00:00+05:00","payload":{"entity":{"id":"e2"}}}',
+        b'{"event":"entity.created","timestamp":"9999-12-31T23:59:59-05:00","payload":{"entity":{"id":"e3"}}}',
+        b'{"event":"rule.\\udc00triggered","timestamp":"2025-01-15T10:00:00Z","payload":{"evaluationId":"\\ud800"}}',
+    ],
+)
+def test_odd_but_authentic_bodies_are_accepted_and_can_be_processed(client, services, body):
+    from rules.engine import evaluate
+
+    response = post(client, "gu1-prod", body, gu1_headers(body))
+    assert response.status_code == 202, response.json
+    event = services.store.event(response.json["id"])
+    assert event.raw == body
+    services.store.record_evaluation(event.id, evaluate([], event), "test")  # storable all the way
+    assert services.store.event(event.id).status == "done"
+
+
+def test_a_non_ascii_standard_signature_is_401_not_500(client, clock):
+    body = b'{"type":"x"}'
+    headers = {**std_headers(body, "msg_1", int(clock().timestamp())), "webhook-signature": "v1,abc\xff="}
+    response = post(client, "std", body, headers)
+    assert response.status_code == 401 and response.json["error"] == "malformed_signature"
+
+
+def test_one_evaluation_triggering_two_rules_is_two_events(client):
+    envelope = samples.sample("rule.triggered", seed=30)
+    other = {**envelope, "payload": {**envelope["payload"], "ruleId": "rule_other"}}
+    first, second = dumps(envelope), dumps(other)
+    assert post(client, "gu1-prod", first, gu1_headers(first)).json["duplicate"] is False
+    assert post(client, "gu1-prod", second, gu1_headers(second)).json["duplicate"] is False
+
+
+def test_readyz_does_not_show_the_database_path(make_app, make_config):
+    config = make_config()
+    app = make_app(config)
+    blocker = sqlite3.connect(config.storage_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        answer = app.test_client().get("/readyz")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert answer.status_code == 503
+    assert answer.json["checks"]["sqlite"] == {"ok": False, "error": "cannot write to the database; see the log"}
+    assert config.storage_path not in answer.get_data(as_text=True)

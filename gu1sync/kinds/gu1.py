@@ -78,4 +78,9 @@ class Gu1Kind:
             organization = document.get("organizationId")
             org = str(organization) if isinstance(organization, str | int) else "-"
             identity = f"{org}|{event}|{subject}|{iso(occurred)}"
+            if event.startswith("rule.") and isinstance(payload, dict):
+                # One evaluation may trigger several rules at once: each is an event of its own.
+                details = payload.get("rule")
+                rule = payload.get("ruleId") or (details.get("id") if isinstance(details, dict) else None)
+                identity += f"|{rule}" if isinstance(rule, str | int) else ""
         return Envelope(type=event, occurred_at=occurred, payload=payload, subject=subject, identity=identity)

@@ -61,10 +61,7 @@ class KycWebhooksKind:
         created = document.get("created")
         occurred = None
         if isinstance(created, int | float) and not isinstance(created, bool):
-            try:
-                occurred = from_unix(created)
-            except (OverflowError, OSError, ValueError):
-                occurred = None
+            occurred = from_unix(created)
         data = document.get(self.payload_field, {})
         event_id = document.get("id")
         identity = str(event_id) if isinstance(event_id, str | int) and str(event_id).strip() else None
