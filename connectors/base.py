@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from rq.timeouts import JobTimeoutException
+
 
 @dataclass(frozen=True)
 class ActionMeta:
@@ -60,6 +62,16 @@ class Connector(Protocol):
     dry_run: bool
 
     def execute(self, action_type: str, params: dict[str, Any], meta: ActionMeta) -> Result: ...
+
+
+def common(exc: Exception) -> ActionError | None:
+    """What every connector decides the same way: its own ActionError stands, and running out of
+    the job's time limit (RQ raises it in the middle of a call) is worth another try."""
+    if isinstance(exc, ActionError):
+        return exc
+    if isinstance(exc, JobTimeoutException):
+        return ActionError("the attempt ran out of time (the job's time limit)", retryable=True)
+    return None
 
 
 def retry_after_seconds(value: Any) -> float | None:

@@ -22,9 +22,9 @@ from simple_salesforce.exceptions import (
 )
 from simple_salesforce.format import format_soql
 
-from gu1sync.schema import Duration, SecretValue, StrictModel
+from gu1sync.schema import PositiveDuration, SecretValue, StrictModel
 
-from .base import ActionError, ActionMeta, Result
+from .base import ActionError, ActionMeta, Result, common
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class SalesforceSettings(StrictModel):
         Annotated[SessionAuth | PasswordAuth | ClientCredentialsAuth | JwtAuth, Field(discriminator="method")] | None
     ) = None
     api_version: str = Field("59.0", pattern=r"^\d+\.\d$")
-    timeout: Duration = Field(15, gt=0, description="For every HTTP call to Salesforce.")
+    timeout: PositiveDuration = Field(15, description="For every HTTP call to Salesforce.")
 
 
 class TimeoutSession(requests.Session):
@@ -121,8 +121,8 @@ def _error_message(content: Any) -> str:
 
 def classify(exc: Exception) -> ActionError:
     """Retryable or permanent, for every way a Salesforce call can fail."""
-    if isinstance(exc, ActionError):
-        return exc
+    if (known := common(exc)) is not None:
+        return known
     if isinstance(exc, requests.Timeout):
         return ActionError(f"timed out: {type(exc).__name__}", retryable=True)
     if isinstance(exc, requests.ConnectionError):
@@ -130,11 +130,14 @@ def classify(exc: Exception) -> ActionError:
     if isinstance(exc, requests.RequestException):
         return ActionError(f"HTTP error: {type(exc).__name__}", retryable=True)
     if isinstance(exc, SalesforceAuthenticationFailed):
-        # A login endpoint that is down is worth retrying; refused credentials are not.
+        # A login endpoint that is down or busy is worth retrying; refused credentials are not. The
+        # code is the SOAP fault's exceptionCode or the OAuth error, or the HTTP status when the body
+        # could not be read.
         status = exc.code if isinstance(exc.code, int) else None
+        busy = exc.code in RETRYABLE_CODES or exc.code in ("server_error", "temporarily_unavailable")
         return ActionError(
             f"login failed: {exc.code}: {exc.auth_message[:300]}",
-            retryable=status is not None and status >= 500,
+            retryable=busy or (status is not None and (status >= 500 or status == 429)),
             status_code=status,
             code=str(exc.code),
         )
@@ -228,6 +231,12 @@ class SalesforceConnector:
             raise classify(exc) from exc
 
     def _call(self, action_type: str, params: dict[str, Any]) -> Result:
+        for key in ("external_id", "record_id"):
+            if key in params and (params[key] is None or not str(params[key]).strip()):
+                raise ActionError(
+                    f"{key} is empty for this event (the value its template reads is null or blank)",
+                    retryable=False,
+                )
         sf = self.client()
         sobject = getattr(sf, params["object"])
         fields = params["fields"]
@@ -268,10 +277,12 @@ class SalesforceConnector:
 
 def target_of(action_type: str, params: dict[str, Any]) -> str | None:
     """The record an update or upsert writes, for ordering (creates always make a new one)."""
+    # API names are case-insensitive in Salesforce: contact and Contact are one object.
+    sobject = params["object"].lower()
     if action_type == "salesforce.upsert" or (action_type == "salesforce.update" and not params.get("record_id")):
-        return f"salesforce:{params['object']}:{params['external_id_field']}:{params['external_id']}"
+        return f"salesforce:{sobject}:{params['external_id_field'].lower()}:{params['external_id']}"
     if action_type == "salesforce.update":
-        return f"salesforce:{params['object']}:Id:{params['record_id']}"
+        return f"salesforce:{sobject}:id:{params['record_id']}"
     return None
 
 

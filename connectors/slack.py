@@ -15,9 +15,9 @@ from pydantic import Field, model_validator
 from slack_sdk import WebClient, WebhookClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
 
-from gu1sync.schema import Duration, SecretValue, StrictModel
+from gu1sync.schema import PositiveDuration, SecretValue, StrictModel
 
-from .base import ActionError, ActionMeta, Result, retry_after_seconds
+from .base import ActionError, ActionMeta, Result, common, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class SlackSettings(StrictModel):
     token: SecretValue | None = Field(None, description="Bot token (xoxb-...), posts with chat.postMessage.")
     webhook_url: SecretValue | None = Field(None, description="Incoming webhook URL, if there is no token.")
     base_url: str = Field("https://slack.com/api/", description="The Web API's base URL.")
-    timeout: Duration = Field(15, gt=0, description="For every call to Slack.")
+    timeout: PositiveDuration = Field(15, description="For every call to Slack.")
 
     @model_validator(mode="after")
     def _https(self) -> SlackSettings:
@@ -42,8 +42,8 @@ class SlackSettings(StrictModel):
 
 def classify(exc: Exception) -> ActionError:
     """Retryable or permanent, for every way a Slack call can fail."""
-    if isinstance(exc, ActionError):
-        return exc
+    if (known := common(exc)) is not None:
+        return known
     if isinstance(exc, SlackApiError):
         response = exc.response
         status = response.status_code

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,19 +44,23 @@ class ActionLog:
     def claim(self, action_id: str, lease: float) -> dict | None:
         """Start the next attempt: the action becomes `running` under a lease; None if it is not due.
 
-        A `running` action whose lease has expired belonged to a worker that died: its attempt is
+        Due means: pending; retrying and its time has come (a job may start a moment early); or
+        running on a lease that has expired, which belonged to a worker that died: that attempt is
         marked interrupted and the action may be claimed again.
         """
         now = self.now
         with self.store.transaction() as conn:
             row = conn.execute(
-                "SELECT status, attempts, lease_until FROM actions WHERE id = ?", (action_id,)
+                "SELECT status, attempts, lease_until, next_attempt_at FROM actions WHERE id = ?", (action_id,)
             ).fetchone()
             if row is None:
                 return None
-            status, attempts, lease_until = row
+            status, attempts, lease_until, next_attempt_at = row
             expired = status == RUNNING and lease_until is not None and lease_until < iso(now)
-            if status not in (PENDING, RETRYING) and not expired:
+            due = status == PENDING or (
+                status == RETRYING and (next_attempt_at is None or next_attempt_at <= iso(now + timedelta(seconds=2)))
+            )
+            if not (due or expired):
                 return None
             if expired:
                 conn.execute(
@@ -90,34 +95,41 @@ class ActionLog:
         job_id: str | None = None,
         count_attempt: bool = True,
         written: tuple[str, list[str], str, str] | None = None,
-    ) -> None:
+    ) -> bool:
         """End the attempt and set the action's new status, in one transaction.
 
-        `written` = (target, fields, occurred_at, event_id) advances the record's versions;
-        `count_attempt=False` gives the attempt back (it was deferred, not tried).
+        Only the attempt that holds the claim may: an attempt that outlived its lease (another has
+        claimed the action since) records its own outcome in the attempt log, and changes nothing
+        else; False then. `written` = (target, fields, occurred_at, event_id) advances the record's
+        versions. `count_attempt=False` gives the attempt's number back (it was deferred, not tried).
         """
         now = self.now
         with self.store.transaction() as conn:
-            conn.execute(
-                "UPDATE attempts SET outcome = ?, finished_at = ?, duration_ms = ?, status_code = ?, error = ?, "
-                "retry_at = ? WHERE action_id = ? AND attempt = ?",
-                (
-                    outcome,
-                    iso(now),
-                    round(duration_ms, 1),
-                    status_code,
-                    error,
-                    iso(next_attempt_at) if next_attempt_at else None,
-                    action["id"],
-                    action["attempts"],
-                ),
-            )
-            conn.execute(
+            if not count_attempt:
+                conn.execute(
+                    "DELETE FROM attempts WHERE action_id = ? AND attempt = ?", (action["id"], action["attempts"])
+                )
+            else:
+                conn.execute(
+                    "UPDATE attempts SET outcome = ?, finished_at = ?, duration_ms = ?, status_code = ?, error = ?, "
+                    "retry_at = ? WHERE action_id = ? AND attempt = ?",
+                    (
+                        outcome,
+                        iso(now),
+                        round(duration_ms, 1),
+                        status_code,
+                        error,
+                        iso(next_attempt_at) if next_attempt_at else None,
+                        action["id"],
+                        action["attempts"],
+                    ),
+                )
+            cursor = conn.execute(
                 """UPDATE actions SET status = ?, error = ?, status_code = ?, result = ?, next_attempt_at = ?,
                           job_id = COALESCE(?, job_id), lease_until = NULL, updated_at = ?,
                           finished_at = CASE WHEN ? THEN ? ELSE finished_at END,
                           attempts = attempts - ?
-                   WHERE id = ?""",
+                   WHERE id = ? AND status = ? AND attempts = ?""",
                 (
                     status,
                     error,
@@ -130,10 +142,15 @@ class ActionLog:
                     iso(now),
                     0 if count_attempt else 1,
                     action["id"],
+                    RUNNING,
+                    action["attempts"],
                 ),
             )
+            if cursor.rowcount != 1:
+                return False
             if written is not None:
                 self._advance(conn, *written)
+        return True
 
     # -- ordering -------------------------------------------------------------------------------------
 
@@ -177,18 +194,27 @@ class ActionLog:
 
     # -- the sweep and replay -------------------------------------------------------------------------
 
-    def due(self, grace: float = 5.0, limit: int = 1000) -> list[dict]:
-        """Actions that should have a job by now: pending or retrying and due, or running on an expired lease."""
+    def due(self, grace: float = 5.0, page: int = 1000) -> Iterator[list[dict]]:
+        """Actions that should have a job by now, a page at a time: pending, or retrying and due, or
+        running on an expired lease."""
         now = self.now
-        return list(
-            self.store.db.query(
-                """SELECT id, job_id, attempts, status FROM actions
-                   WHERE (status IN (?, ?) AND COALESCE(next_attempt_at, updated_at) <= ?)
-                      OR (status = ? AND lease_until < ?)
-                   ORDER BY updated_at LIMIT ?""",
-                (PENDING, RETRYING, iso(now - timedelta(seconds=grace)), RUNNING, iso(now), limit),
+        after = ("", "")
+        while True:
+            rows = list(
+                self.store.db.query(
+                    """SELECT id, job_id, attempts, status, type, updated_at FROM actions
+                       WHERE ((status IN (?, ?) AND COALESCE(next_attempt_at, updated_at) <= ?)
+                              OR (status = ? AND lease_until < ?))
+                         AND (updated_at, id) > (?, ?)
+                       ORDER BY updated_at, id LIMIT ?""",
+                    (PENDING, RETRYING, iso(now - timedelta(seconds=grace)), RUNNING, iso(now), *after, page),
+                )
             )
-        )
+            if rows:
+                yield rows
+            if len(rows) < page:
+                return
+            after = (rows[-1]["updated_at"], rows[-1]["id"])
 
     def set_job(self, action_id: str, job_id: str) -> None:
         """Remember which RQ job carries the action now."""
@@ -196,11 +222,12 @@ class ActionLog:
             conn.execute("UPDATE actions SET job_id = ? WHERE id = ?", (job_id, action_id))
 
     def reset(self, action_id: str, params: dict[str, Any], config_version: str) -> bool:
-        """Make a dead action pending again, with freshly rendered params; False if it is not dead."""
+        """Make a dead action pending again, with freshly rendered params and a fresh set of retries;
+        False if it is not dead."""
         with self.store.transaction() as conn:
             cursor = conn.execute(
                 """UPDATE actions SET status = ?, params = ?, error = NULL, next_attempt_at = NULL,
-                          config_version = ?, updated_at = ? WHERE id = ? AND status = ?""",
+                          retry_base = attempts, config_version = ?, updated_at = ? WHERE id = ? AND status = ?""",
                 (
                     PENDING,
                     json.dumps(params, ensure_ascii=False, default=str),

@@ -31,6 +31,7 @@ from rules.model import RetrySettings
 
 from .actionlog import DEAD, DONE, DRY_RUN, RETRYING, SKIPPED
 from .event import Event
+from .queue import NOT_LIVE, PROCESS_EVENT
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,15 @@ def backoff_delay(policy: RetrySettings, attempt: int, retry_after: float | None
     return delay
 
 
+def limits(config: Any, action_type: str) -> tuple[float, float]:
+    """(lease, job time limit) for an action: an attempt may make several calls (a login, a lookup,
+    the write, a fresh login and the write again), each within the connector's timeout. RQ stops the
+    job before its lease can expire, so no second attempt can start while the first still runs."""
+    timeout = getattr(config.connectors, connector_name(action_type)).timeout
+    job_limit = 5 * timeout + 5
+    return job_limit + timeout + 10, job_limit
+
+
 @dataclass
 class Attempt:
     """One attempt of one action, from claim to record."""
@@ -55,6 +65,12 @@ class Attempt:
     action: dict
     connector: Connector
     lease: float
+    job_limit: float
+
+    @property
+    def holder(self) -> str:
+        """Who holds a record lock: this attempt, not just this action (a later attempt is someone else)."""
+        return f"{self.action['id']}#{self.action['attempts']}"
 
     def run(self) -> dict:
         action, ctx = self.action, self.ctx
@@ -72,12 +88,12 @@ class Attempt:
         target = target_of(action["type"], params) if self.connector.name == "salesforce" else None
         if target is None or event is None or event.occurred_at is None:
             return self._call(started, params, meta, None)
-        if not ctx.actions.lock(target, action["id"], self.lease):
+        if not ctx.actions.lock(target, self.holder, self.lease):
             return self._defer(started, "another action is writing the same record")
         try:
             return self._ordered(started, params, meta, target, event)
         finally:
-            ctx.actions.unlock(target, action["id"])
+            ctx.actions.unlock(target, self.holder)
 
     def _ordered(self, started: float, params: dict, meta: ActionMeta, target: str, event: Event) -> dict:
         fields = list(params["fields"])
@@ -110,7 +126,9 @@ class Attempt:
         return self._end(started, "ok", DONE, status_code=result.status_code, result=summary, written=written)
 
     def _failed(self, started: float, error: ActionError) -> dict:
-        attempt, policy = self.action["attempts"], self.ctx.config.retry_for(self.action["rule"])
+        # Attempts since the last replay count: a replayed action gets a fresh set of retries.
+        attempt = self.action["attempts"] - self.action["retry_base"]
+        policy = self.ctx.config.retry_for(self.action["rule"])
         if error.retryable and attempt < policy.max_attempts:
             delay = backoff_delay(policy, attempt, error.retry_after, self.ctx.rng)
             return self._again(started, "retry", error.message, delay, error.status_code, count=True)
@@ -146,7 +164,14 @@ class Attempt:
 
     def _end(self, started: float, outcome: str, status: str, *, code: str | None = None, **fields: Any) -> dict:
         duration = (time.perf_counter() - started) * 1000
-        self.ctx.actions.finish(self.action, outcome=outcome, status=status, duration_ms=duration, **fields)
+        if not self.ctx.actions.finish(self.action, outcome=outcome, status=status, duration_ms=duration, **fields):
+            log.warning(
+                "action=%s attempt=%d outcome=%s came after its lease expired; another attempt has the action",
+                self.action["id"],
+                self.action["attempts"],
+                outcome,
+            )
+            return {"action": self.action["id"], "outcome": outcome, "status": "superseded"}
         log.info(
             "action=%s rule=%s type=%s attempt=%d outcome=%s status=%s code=%s ms=%.0f",
             self.action["id"],
@@ -172,15 +197,14 @@ def run_action(action_id: str) -> dict:
         log.warning("action=%s: no such action", action_id)
         return {"action": action_id, "skipped": True}
     connector = ctx.connectors.get(row["type"], config.connectors)
-    # An attempt may hold its action (and record) this long before it counts as abandoned.
-    lease = 2 * getattr(config.connectors, connector_name(row["type"])).timeout + 5
+    lease, job_limit = limits(config, row["type"])
     action = ctx.actions.claim(action_id, lease)
     if action is None:
         log.info("skip action=%s: status %s", action_id, row["status"])
         return {"action": action_id, "skipped": True}
     if action["interrupted"]:
         log.warning("action=%s: its previous attempt was interrupted (worker stopped); trying again", action_id)
-    return Attempt(ctx, action, connector, lease).run()
+    return Attempt(ctx, action, connector, lease, job_limit).run()
 
 
 def replay(
@@ -214,8 +238,12 @@ def replay(
         if event is None:
             return [f"{event_id}: no such event"]
         if event.status in ("received", "processing", "failed"):
-            ctx.queue._requeue("gu1sync.worker.process_event", event_id, event_id, "failed")
-            lines.append(f"{event_id}: event queued to be processed again")
+            again = ctx.store.retry_failed(event_id) or event.status != "failed"
+            state = ctx.queue._job_states([event_id])[0]
+            if again and state in NOT_LIVE and ctx.queue._requeue(PROCESS_EVENT, event_id, event_id, state):
+                lines.append(f"{event_id}: event queued to be processed again")
+            else:
+                lines.append(f"{event_id}: event will be processed again (its job is {state or 'on its way'})")
         elif not dead:
             lines.append(f"{event_id}: nothing to replay (no dead actions)")
     by_event: dict[str, list[dict]] = {}
@@ -246,5 +274,5 @@ def _replay_one(ctx: Any, config: Any, row: dict, result: Any) -> str:
         return f"{name}: not replayed, it is no longer dead"
     job_id = f"{row['id']}-{row['attempts'] + 1}"
     ctx.actions.set_job(row["id"], job_id)
-    queued = ctx.queue.enqueue_action(row["id"], job_id)
+    queued = ctx.queue.enqueue_action(row["id"], job_id, timeout=limits(config, row["type"])[1])
     return f"{name}: queued again" + ("" if queued else " (Redis is down: the sweep will queue it)")

@@ -148,5 +148,15 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     db["record_locks"].create({"target": str, "holder": str, "until": str}, pk="target", not_null={"holder", "until"})
 
 
+def _migration_4(db: sqlite_utils.Database) -> None:
+    # How many times processing an event was tried: a poison event stops, as `failed`, after a few.
+    db["events"].add_column("attempts", int, not_null_default=0)
+    # A replay gives a dead action a fresh set of retries: attempts before it do not count.
+    db["actions"].add_column("retry_base", int, not_null_default=0)
+    # One row per attempt number: a deferral gives its number back instead of writing a second row.
+    db.execute("DROP INDEX IF EXISTS idx_attempts_action_id_attempt")
+    db["attempts"].create_index(["action_id", "attempt"], unique=True)
+
+
 # Append only: each entry moves the file from user_version N to N + 1.
-MIGRATIONS = [_migration_1, _migration_2, _migration_3]
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from redis import Redis
@@ -31,7 +32,14 @@ log = logging.getLogger(__name__)
 PROCESS_EVENT = "gu1sync.worker.process_event"
 RUN_ACTION = "gu1sync.delivery.run_action"
 RESULT_TTL = 24 * 3600  # a finished job's hash stays this long; `unique` refuses a second enqueue meanwhile
-DEAD_JOB_STATES = {None, JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
+# Job states that mean nobody is on it: no job at all, or one that ended.
+NOT_LIVE = {
+    None,
+    JobStatus.FINISHED.value,
+    JobStatus.FAILED.value,
+    JobStatus.STOPPED.value,
+    JobStatus.CANCELED.value,
+}
 
 
 def redact(url: str) -> str:
@@ -77,6 +85,8 @@ class EventQueue:
         self.redis = connection or redis_client(redis_url, connect_timeout=connect_timeout, timeout=timeout)
         self.queue = Queue(name, connection=self.redis, serializer=JSONSerializer)
         self._down_until = 0.0
+        # The RQ time limit of an action's job, by action type (the worker sets it from the config).
+        self.action_timeout: Callable[[str], float | None] = lambda action_type: None
 
     def _put(self, function: str, argument: str, job_id: str, delay: float = 0, timeout: float | None = None) -> None:
         """One unique job; DuplicateJobError when a job of that id still exists."""
@@ -136,11 +146,13 @@ class EventQueue:
             pipe.hget(Job.key_for(job_id), "status")
         return [state.decode() if state else None for state in pipe.execute()]
 
-    def _requeue(self, function: str, argument: str, job_id: str, state: str | None) -> bool:
-        if state is not None:  # failed or stopped: the old hash would make `unique` refuse
+    def _requeue(
+        self, function: str, argument: str, job_id: str, state: str | None, timeout: float | None = None
+    ) -> bool:
+        if state is not None:  # finished, failed or stopped: the old hash would make `unique` refuse
             self.redis.delete(Job.key_for(job_id))
         try:
-            self._put(function, argument, job_id)
+            self._put(function, argument, job_id, timeout=timeout)
         except DuplicateJobError:
             return False  # queued a moment ago by someone else
         return True
@@ -148,30 +160,34 @@ class EventQueue:
     def sweep(self, grace: float = 5.0) -> list[str]:
         """Queue every unfinished event and every due action that has no live job; return their ids.
 
-        Work younger than `grace` seconds is left to whoever is queueing it right now.
+        A job counts as live while it is queued, scheduled or started. One that finished while its
+        work is still unfinished was turned away (the work was claimed, or not yet due): it goes
+        again too. Work younger than `grace` seconds is left to whoever is queueing it right now.
         Raises RedisError when Redis is still down.
         """
         from .actionlog import ActionLog
 
-        events = self.store.unfinished(received_before=self.clock() - timedelta(seconds=grace))
-        actions = ActionLog(self.store).due(grace)
-        action_jobs = [
-            row["job_id"] if row["status"] != "running" else f"{row['id']}-{row['attempts'] + 1}" for row in actions
-        ]
-        states = self._job_states(events + [job or "" for job in action_jobs])
+        actions = ActionLog(self.store)
         queued = []
-        for event_id, state in zip(events, states[: len(events)], strict=True):
-            if state in DEAD_JOB_STATES and self._requeue(PROCESS_EVENT, event_id, event_id, state):
-                queued.append(event_id)
-        for row, job_id, state in zip(actions, action_jobs, states[len(events) :], strict=True):
-            job_id = job_id or f"{row['id']}-{row['attempts'] + 1}"
-            if state in DEAD_JOB_STATES and self._requeue(RUN_ACTION, row["id"], job_id, state):
-                if job_id != row["job_id"]:
-                    ActionLog(self.store).set_job(row["id"], job_id)
-                queued.append(row["id"])
+        for events in self.store.unfinished(received_before=self.clock() - timedelta(seconds=grace)):
+            for event_id, state in zip(events, self._job_states(events), strict=True):
+                if state in NOT_LIVE and self._requeue(PROCESS_EVENT, event_id, event_id, state):
+                    queued.append(event_id)
+        for rows in actions.due(grace):
+            # A running action's next job is its next attempt; a pending or retrying one has its job named.
+            jobs = [
+                row["job_id"] if row["status"] != "running" and row["job_id"] else f"{row['id']}-{row['attempts'] + 1}"
+                for row in rows
+            ]
+            for row, job_id, state in zip(rows, jobs, self._job_states(jobs), strict=True):
+                timeout = self.action_timeout(row["type"])
+                if state in NOT_LIVE and self._requeue(RUN_ACTION, row["id"], job_id, state, timeout):
+                    if job_id != row["job_id"]:
+                        actions.set_job(row["id"], job_id)
+                    queued.append(row["id"])
         self._down_until = 0.0
         if queued:
-            log.info("sweep queued %d stored event(s) or action(s) that had no job", len(queued))
+            log.info("sweep queued %d stored event(s) or action(s) that had no live job", len(queued))
         return queued
 
     def ping(self) -> bool:

@@ -31,6 +31,9 @@ from .timeutil import Clock, iso, utcnow
 RECEIVED, PROCESSING, DONE, FAILED, INVALID = "received", "processing", "done", "failed", "invalid"
 UNFINISHED = (RECEIVED, PROCESSING)
 
+STALE_CLAIM = 120  # seconds: a `processing` claim older than this belongs to a worker that died
+EVENT_ATTEMPTS = 5  # an event whose processing fails this many times is left `failed`, for replay
+
 # Statuses of an action. `dead` keeps a permanent failure (or retries run out) for replay.
 PENDING, SHADOW, THROTTLED, DEAD = "pending", "shadow", "throttled", "dead"
 
@@ -166,6 +169,15 @@ class Store:
     def count_rejection(self, source: str, reason: str, status: int) -> None:
         """Add one to the count of rejections for (source, reason)."""
         now = iso(self.clock())
+        # A counter need not survive a power cut: no fsync, so a flood of forged requests cannot slow
+        # the commits of real events down (WAL at synchronous=NORMAL only syncs at checkpoints).
+        self.db.conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._count(now, source, reason, status)
+        finally:
+            self.db.conn.execute("PRAGMA synchronous=FULL")
+
+    def _count(self, now: str, source: str, reason: str, status: int) -> None:
         with self.transaction() as conn:
             conn.execute(
                 """INSERT INTO rejections (source, reason, status, count, first_at, last_at)
@@ -185,7 +197,7 @@ class Store:
 
     # -- the workers' side ------------------------------------------------------------------------
 
-    def claim(self, event_id: str, stale_after: float = 600) -> Event | None:
+    def claim(self, event_id: str, stale_after: float = STALE_CLAIM) -> Event | None:
         """Mark an event as being processed and return it; None if it is finished or being processed.
 
         An event left `processing` for longer than `stale_after` seconds belongs to a worker that
@@ -194,13 +206,34 @@ class Store:
         now = self.clock()
         with self.transaction() as conn:
             cursor = conn.execute(
-                """UPDATE events SET status = ?, started_at = ?
+                """UPDATE events SET status = ?, started_at = ?, attempts = attempts + 1
                    WHERE id = ? AND (status = ? OR (status = ? AND started_at < ?))""",
                 (PROCESSING, iso(now), event_id, RECEIVED, PROCESSING, iso(now - timedelta(seconds=stale_after))),
             )
             if cursor.rowcount != 1:
                 return None
         return self.event(event_id)
+
+    def release(self, event_id: str, error: str, max_attempts: int = EVENT_ATTEMPTS) -> str:
+        """Give back a claim whose processing failed: `received` to be tried again, or `failed` once
+        it has failed `max_attempts` times. Returns the new status."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE events SET status = CASE WHEN attempts >= ? THEN ? ELSE ? END, error = ? "
+                "WHERE id = ? AND status = ?",
+                (max_attempts, FAILED, RECEIVED, error[:1000], event_id, PROCESSING),
+            )
+            row = conn.execute("SELECT status FROM events WHERE id = ?", (event_id,)).fetchone()
+        return row[0] if row else "unknown"
+
+    def retry_failed(self, event_id: str) -> bool:
+        """Let a `failed` event be processed again (replay); False if it is not failed."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE events SET status = ?, attempts = 0, error = NULL WHERE id = ? AND status = ?",
+                (RECEIVED, event_id, FAILED),
+            )
+            return cursor.rowcount == 1
 
     def finish(self, event_id: str, status: str, outcome: str | None, error: str | None, config_version: str) -> None:
         """Record how processing of an event ended."""
@@ -307,14 +340,24 @@ class Store:
         """An event's actions."""
         return list(self.db.query("SELECT * FROM actions WHERE event_id = ? ORDER BY rowid", (event_id,)))
 
-    def unfinished(self, received_before: datetime, limit: int = 1000) -> list[str]:
-        """Ids of events received before a moment and not finished, oldest first."""
-        rows = self.db.execute(
-            f"SELECT id FROM events WHERE status IN ({','.join('?' * len(UNFINISHED))}) AND received_at < ? "
-            "ORDER BY received_at LIMIT ?",
-            (*UNFINISHED, iso(received_before), limit),
-        ).fetchall()
-        return [row[0] for row in rows]
+    def unfinished(self, received_before: datetime, page: int = 1000) -> Iterator[list[str]]:
+        """Ids of events that should be on the queue: received before a moment and not processed, or
+        claimed by a worker whose claim has gone stale. Oldest first, a page at a time."""
+        stale = iso(self.clock() - timedelta(seconds=STALE_CLAIM))
+        after = ("", "")
+        while True:
+            rows = self.db.execute(
+                """SELECT id, received_at FROM events
+                   WHERE ((status = ? AND received_at < ?) OR (status = ? AND started_at < ?))
+                     AND (received_at, id) > (?, ?)
+                   ORDER BY received_at, id LIMIT ?""",
+                (RECEIVED, iso(received_before), PROCESSING, stale, *after, page),
+            ).fetchall()
+            if rows:
+                yield [row[0] for row in rows]
+            if len(rows) < page:
+                return
+            after = (rows[-1][1], rows[-1][0])
 
     # -- reading ----------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from rules.engine import evaluate
 from . import logs
 from .actionlog import ActionLog
 from .config import Config, ConfigError, load_config
+from .delivery import limits
 from .queue import EventQueue, redact, redis_client
 from .store import Store, StoreUnavailable, first_job
 
@@ -54,7 +56,12 @@ class ConfigWatcher:
         self._stamp = stamp
         try:
             fresh = load_config(self.path)
-        except ConfigError as exc:
+        except Exception as exc:  # a bug in loading must not take the last good config away either
+            if not isinstance(exc, ConfigError):
+                log.exception(
+                    "config %s changed but could not be loaded; version %s stays", self.path, self.config.digest
+                )
+                return self.config
             log.error(
                 "config %s changed but has %d error(s); version %s stays in force:\n%s",
                 self.path,
@@ -92,7 +99,9 @@ class WorkerContext:
         store = Store(config.storage_path, config.storage.busy_timeout)
         store.migrate()
         queue = EventQueue(config.queue.redis_url, config.queue.name, store, cooldown=0)
-        return cls(ConfigWatcher(config), store, queue, ActionLog(store), connectors or Connectors())
+        ctx = cls(ConfigWatcher(config), store, queue, ActionLog(store), connectors or Connectors())
+        queue.action_timeout = lambda action_type: limits(ctx.config, action_type)[1]
+        return ctx
 
     @property
     def config(self) -> Config:
@@ -128,10 +137,19 @@ def process_event(event_id: str) -> dict:
     if event is None:
         log.info("skip event=%s: already processed or being processed", event_id)
         return {"event": event_id, "skipped": True}
-    results = evaluate(config.rules, event)
-    pending = ctx.store.record_evaluation(event_id, results, config.digest)
+    try:
+        results = evaluate(config.rules, event)
+        pending = ctx.store.record_evaluation(event_id, results, config.digest)
+    except Exception as exc:
+        # Give the claim back, so the event goes again (the sweep re-queues it), or stops as `failed`
+        # after a few tries; the job fails too, with the traceback in RQ's log.
+        status = ctx.store.release(event_id, f"{type(exc).__name__}: {exc}")
+        log.error("event=%s: processing failed (%s); the event is %s now", event_id, type(exc).__name__, status)
+        raise
+    types = {a["id"]: a["type"] for a in ctx.store.actions(event_id)}
     for action_id in pending:  # each action is its own job, retried on its own
-        if not ctx.queue.enqueue_action(action_id, first_job(action_id)):
+        limit = limits(config, types[action_id])[1]
+        if not ctx.queue.enqueue_action(action_id, first_job(action_id), timeout=limit):
             log.warning("action=%s not queued (Redis); the sweep will queue it", action_id)
     matched = [r.rule for r in results if r.matched]
     log.info(
@@ -188,12 +206,14 @@ class Sweeper(threading.Thread):
         self._stopped = threading.Event()
 
     def sweep_once(self) -> list[str]:
-        """One sweep; a Redis or SQLite failure is logged and left for the next one."""
+        """One sweep; a failure is logged and left for the next one (the thread must outlive it)."""
         try:
             return self.queue.sweep()
-        except (RedisError, StoreUnavailable) as exc:
+        except (RedisError, StoreUnavailable, sqlite3.Error) as exc:
             log.warning("sweep skipped: %s: %s", type(exc).__name__, exc)
-            return []
+        except Exception:
+            log.exception("sweep failed; the next one is in %g s", self.interval)
+        return []
 
     def run(self) -> None:
         while not self._stopped.wait(self.interval):

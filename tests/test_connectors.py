@@ -328,3 +328,40 @@ def test_slack_needs_a_channel_with_a_token(workspace):
 def test_no_credentials_means_dry_run():
     assert SlackConnector(SlackSettings()).dry_run
     assert SalesforceConnector(SalesforceSettings()).dry_run
+
+
+def test_running_out_of_the_jobs_time_is_retryable():
+    from rq.timeouts import JobTimeoutException
+
+    from connectors import salesforce as sf
+    from connectors import slack as sl
+
+    for classify in (sf.classify, sl.classify):
+        error = classify(JobTimeoutException("Task exceeded maximum timeout value (35 seconds)"))
+        assert error.retryable and "ran out of time" in error.message
+
+
+SOAP_BUSY = (
+    '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"'
+    ' xmlns:sf="urn:fault.partner.soap.sforce.com"><soapenv:Body><soapenv:Fault><faultcode>sf:SERVER_UNAVAILABLE'
+    "</faultcode><faultstring>SERVER_UNAVAILABLE: try again later</faultstring><detail><sf:UnexpectedErrorFault>"
+    "<sf:exceptionCode>SERVER_UNAVAILABLE</sf:exceptionCode><sf:exceptionMessage>try again later"
+    "</sf:exceptionMessage></sf:UnexpectedErrorFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>"
+)
+
+
+def test_a_busy_login_is_retryable(org):
+    connector = salesforce(org, password_auth(org))
+    org.fail(r"/services/Soap/u/", 500, SOAP_BUSY, headers={"Content-Type": "text/xml"})
+    assert outcome(lambda: connector.execute("salesforce.upsert", UPSERT, META)) == (True, None, "SERVER_UNAVAILABLE")
+    org.fail(r"/services/oauth2/token", 400, {"error": "temporarily_unavailable", "error_description": "busy"})
+    oauth = salesforce(
+        org,
+        {
+            "method": "client_credentials",
+            "client_id": Secret("A", org.client_id),
+            "client_secret": Secret("B", org.client_secret),
+            "domain": "acme.my",
+        },
+    )
+    assert outcome(lambda: oauth.execute("salesforce.upsert", UPSERT, META)) == (True, None, "temporarily_unavailable")

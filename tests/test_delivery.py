@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -16,7 +17,7 @@ from rq.serializers import JSONSerializer
 
 from app import create_app
 from connectors import Connectors
-from connectors.salesforce import SalesforceConnector
+from connectors.salesforce import SalesforceConnector, target_of
 from gu1sync.cli import cli
 from gu1sync.delivery import backoff_delay, run_action
 from gu1sync.worker import Gu1Worker, WorkerContext, process_event, use_context
@@ -120,14 +121,17 @@ def drain(redis_conn, timeout: float = 20.0) -> None:
     scheduler = RQScheduler([queue], connection=redis_conn, serializer=JSONSerializer)
     scheduler.acquire_locks()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        Gu1Worker([queue], connection=redis_conn, serializer=JSONSerializer).work(
-            burst=True, with_scheduler=False, logging_level="WARNING"
-        )
-        if queue.count == 0 and scheduled.count == 0:
-            return
-        time.sleep(0.02)
-        scheduler.enqueue_scheduled_jobs()
+    try:
+        while time.monotonic() < deadline:
+            Gu1Worker([queue], connection=redis_conn, serializer=JSONSerializer).work(
+                burst=True, with_scheduler=False, logging_level="WARNING"
+            )
+            if queue.count == 0 and scheduled.count == 0:
+                return
+            time.sleep(0.02)
+            scheduler.enqueue_scheduled_jobs()
+    finally:
+        scheduler.release_locks()  # the next drain's scheduler must be able to take them
     raise AssertionError("jobs still pending")
 
 
@@ -266,7 +270,7 @@ def test_a_stale_event_never_overwrites_newer_state(setup, org, redis_conn):
     assert skipped["status"] == "skipped"
     assert skipped["error"] == (
         "stale: this event occurred at 2025-01-08T09:00:01.000Z; "
-        "salesforce:Contact:Gu1_External_Id__c:customer_8 was already written by event "
+        "salesforce:contact:gu1_external_id__c:customer_8 was already written by event "
         f"{blocked}, which occurred at 2025-01-08T09:00:02.000Z"
     )
     assert len(org.seen("PATCH")) == 1
@@ -296,13 +300,16 @@ def test_writes_to_one_record_wait_for_each_other(setup, org, redis_conn):
     event = post(app, status_changed("customer_10", "blocked", "active", "2025-01-08T09:00:00Z"))["id"]
     process_event(event)  # the event's job: its actions are recorded and queued
     action = actions_of(ctx, event)["status-to-salesforce"]
-    assert ctx.actions.lock("salesforce:Contact:Gu1_External_Id__c:customer_10", "someone-else", 60)
+    target = target_of(
+        "salesforce.upsert", action["params"] if isinstance(action["params"], dict) else json.loads(action["params"])
+    )
+    assert ctx.actions.lock(target, "someone-else", 60)
     queue = Queue("test", connection=redis_conn, serializer=JSONSerializer)
     Gu1Worker([queue], connection=redis_conn, serializer=JSONSerializer).work(burst=True, logging_level="WARNING")
     deferred = ctx.actions.get(action["id"])
     assert (deferred["status"], deferred["attempts"]) == ("retrying", 0)  # deferred: no attempt used up
     assert org.seen("PATCH") == []
-    ctx.actions.unlock("salesforce:Contact:Gu1_External_Id__c:customer_10", "someone-else")
+    ctx.actions.unlock(target, "someone-else")
     drain(redis_conn)
     assert ctx.actions.get(action["id"])["status"] == "done"
 
@@ -411,3 +418,168 @@ def test_backoff_is_exponential_jittered_bounded_and_honours_retry_after():
         assert ceiling / 2 <= min(delays) and max(delays) <= ceiling
         assert len({round(d, 3) for d in delays}) > 100  # jitter spreads retries out
     assert all(60 <= backoff_delay(policy, 1, 60, rng) <= 66 for _ in range(100))
+
+
+# -- leases, attempts, failures of our own -------------------------------------------------------------
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    """An action log on a clock the test moves, with one pending action in it."""
+    from gu1sync.actionlog import ActionLog
+    from gu1sync.event import Event
+    from gu1sync.store import Store
+    from tests.helpers import FakeClock
+
+    clock = FakeClock()
+    store = Store(str(tmp_path / "ledger.db"), clock=clock)
+    store.migrate()
+    event = Event(
+        id="ev_1",
+        dedupe_key="k",
+        source="s",
+        kind="gu1",
+        environment="production",
+        type="t",
+        occurred_at=None,
+        received_at="2025-01-01T00:00:00.000Z",
+        payload={},
+        raw=b"{}",
+    )
+    store.record(event, {})
+    with store.transaction() as conn:
+        conn.execute(
+            "INSERT INTO actions (id, event_id, rule, action_index, type, mode, params, status, attempts, created_at,"
+            " updated_at) VALUES ('act_1', 'ev_1', 'r', 0, 'slack.post', 'live', '{}', 'pending', 0, '', '')"
+        )
+    return ActionLog(store), clock
+
+
+def test_an_attempt_that_outlived_its_lease_changes_nothing(ledger):
+    actions, clock = ledger
+    first = actions.claim("act_1", lease=10)
+    assert actions.lock("salesforce:contact:x:1", "act_1#1", 10)
+    clock.advance(11)
+    second = actions.claim("act_1", lease=10)  # the first attempt's worker looks dead
+    assert second["attempts"] == 2 and second["interrupted"]
+    assert actions.lock("salesforce:contact:x:1", "act_1#2", 10)  # a lock held by a dead attempt expires
+    # The first attempt comes back: its outcome is logged, and ignored.
+    assert actions.finish(first, outcome="failed", status="dead", duration_ms=1, error="late") is False
+    actions.unlock("salesforce:contact:x:1", "act_1#1")  # cannot release the second attempt's lock
+    assert not actions.lock("salesforce:contact:x:1", "someone-else", 10)
+    assert actions.get("act_1")["status"] == "running"
+    assert actions.finish(second, outcome="ok", status="done", duration_ms=1) is True
+    assert actions.get("act_1")["status"] == "done"
+    assert [(a["attempt"], a["outcome"]) for a in actions.attempts("act_1")] == [(1, "failed"), (2, "ok")]
+
+
+def test_a_retry_is_not_claimed_before_its_time(ledger):
+    actions, clock = ledger
+    attempt = actions.claim("act_1", lease=10)
+    actions.finish(
+        attempt, outcome="retry", status="retrying", duration_ms=1, next_attempt_at=clock() + timedelta(seconds=60)
+    )
+    assert actions.claim("act_1", lease=10) is None
+    clock.advance(59)  # a scheduled job may start a moment early
+    assert actions.claim("act_1", lease=10)["attempts"] == 2
+
+
+def test_a_deferral_gives_its_attempt_number_back(ledger):
+    actions, clock = ledger
+    deferred = actions.claim("act_1", lease=10)
+    actions.finish(
+        deferred, outcome="deferred", status="retrying", duration_ms=0, count_attempt=False, next_attempt_at=clock()
+    )
+    attempt = actions.claim("act_1", lease=10)
+    assert attempt["attempts"] == 1
+    actions.finish(attempt, outcome="ok", status="done", duration_ms=1)
+    assert [(a["attempt"], a["outcome"]) for a in actions.attempts("act_1")] == [(1, "ok")]
+
+
+def test_a_replay_gets_a_fresh_set_of_retries(setup, workspace, redis_conn):
+    config, app, ctx = setup()
+    workspace.fail(r"chat\.postMessage", 500, b"", times=4)  # 3 attempts die; the replay's first fails too
+    event = post(app, status_changed("customer_20", "blocked", "active", "2025-01-08T09:00:00Z"))["id"]
+    drain(redis_conn)
+    alert = actions_of(ctx, event)["alert-blocked"]
+    assert (alert["status"], alert["attempts"]) == ("dead", 3)
+    CliRunner().invoke(cli, ["--config", config.file, "replay", event], env=ENV)
+    drain(redis_conn)
+    replayed = ctx.actions.get(alert["id"])
+    assert (replayed["status"], replayed["attempts"]) == ("done", 5)  # attempt 4 failed, 5 went through
+
+
+def test_a_null_external_id_is_a_permanent_failure_not_a_record_called_none(setup, org, redis_conn):
+    config, app, ctx = setup()
+    body = json.loads(status_changed("x", "active", "under_review", "2025-01-08T09:00:00Z"))
+    body["payload"]["entity"]["externalId"] = None
+    event = post(app, dumps(body))["id"]
+    drain(redis_conn)
+    action = actions_of(ctx, event)["status-to-salesforce"]
+    assert (action["status"], action["error"]) == (
+        "dead",
+        "external_id is empty for this event (the value its template reads is null or blank)",
+    )
+    assert org.seen("PATCH") == []
+
+
+def test_a_failure_while_processing_an_event_gives_it_back_then_stops(setup, redis_conn, monkeypatch):
+    import gu1sync.worker as worker
+    from gu1sync.store import EVENT_ATTEMPTS
+
+    config, app, ctx = setup()
+    event = post(app, status_changed("customer_21", "active", "under_review", "2025-01-08T09:00:00Z"))["id"]
+
+    def broken(rules, event):  # stands for a bug in evaluation, which cannot be caused from outside
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(worker, "evaluate", broken)
+    for attempt in range(1, EVENT_ATTEMPTS + 1):
+        with pytest.raises(RuntimeError):
+            process_event(event)
+        expected = "failed" if attempt == EVENT_ATTEMPTS else "received"
+        assert ctx.store.event(event).status == expected
+    assert ctx.store.event(event).error == "RuntimeError: boom"
+    monkeypatch.undo()
+    result = CliRunner().invoke(cli, ["--config", config.file, "replay", event], env=ENV)
+    assert f"{event}: event will be processed again (its job is queued)" in result.output
+    drain(redis_conn)
+    assert ctx.store.event(event).status == "done"
+
+
+def test_the_sweep_requeues_an_event_whose_job_was_turned_away(setup, redis_conn):
+    from gu1sync.store import STALE_CLAIM
+
+    config, app, ctx = setup()
+    event = post(app, status_changed("customer_22", "active", "under_review", "2025-01-08T09:00:00Z"))["id"]
+    ctx.store.claim(event)  # a worker claims it and dies
+    drain(redis_conn)  # the event's job runs, finds it claimed, and finishes having done nothing
+    assert ctx.store.event(event).status == "processing"
+    with ctx.store.transaction() as conn:  # the claim goes stale
+        conn.execute(
+            "UPDATE events SET started_at = ? WHERE id = ?",
+            (
+                (datetime.now(UTC) - timedelta(seconds=STALE_CLAIM + 1))
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z"),
+                event,
+            ),
+        )
+    assert ctx.queue.sweep(grace=0) == [event]
+    drain(redis_conn)
+    assert ctx.store.event(event).status == "done"
+
+
+def test_sweeps_go_through_every_page(ledger):
+    actions, clock = ledger
+    with actions.store.transaction() as conn:
+        for n in range(2, 8):
+            conn.execute(
+                "INSERT INTO actions (id, event_id, rule, action_index, type, mode, params, status, attempts,"
+                " created_at, updated_at) VALUES (?, 'ev_1', 'r', ?, 'slack.post', 'live', '{}', 'pending', 0, '', '')",
+                (f"act_{n}", n),
+            )
+    clock.advance(60)
+    pages = list(actions.due(grace=5, page=3))
+    assert [len(page) for page in pages] == [3, 3, 1]
+    assert sorted(row["id"] for page in pages for row in page) == [f"act_{n}" for n in range(1, 8)]
