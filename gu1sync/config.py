@@ -21,7 +21,18 @@ from rules.validate import LoadedTest, check_rules, load_tests
 
 from .configfile import ConfigError, Document, Problem, interpolate, parse_yaml
 from .kinds.standard import decode_secret
-from .schema import Duration, Name, Secret, SecretValue, StrictModel, one_or_many, problems_from, sort_problems
+from .schema import (
+    NAME_PATTERN,
+    Duration,
+    Name,
+    PositiveDuration,
+    Secret,
+    SecretValue,
+    StrictModel,
+    one_or_many,
+    problems_from,
+    sort_problems,
+)
 
 MIB = 1024 * 1024
 
@@ -95,7 +106,7 @@ class QueueSettings(StrictModel):
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
         "gu1-sync", description="RQ queue name."
     )
-    sweep_interval: Duration = Field(
+    sweep_interval: PositiveDuration = Field(
         30, description="How often workers look for stored events that never reached the queue."
     )
 
@@ -114,7 +125,8 @@ class Config(StrictModel):
     queue: QueueSettings = QueueSettings()
     receiver: ReceiverSettings = ReceiverSettings()
     sources: Annotated[dict[Name, Source], Field(min_length=1)] = Field(
-        description="Webhook senders; each is served at POST /webhooks/<name>."
+        description="Webhook senders; each is served at POST /webhooks/<name>.",
+        json_schema_extra={"propertyNames": {"pattern": NAME_PATTERN}},
     )
     connectors: ConnectorSettings = Field(
         ConnectorSettings(), description="Salesforce and Slack; a connector without credentials runs dry."

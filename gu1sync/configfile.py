@@ -74,17 +74,38 @@ class _Loader(yaml.SafeLoader):
         self.duplicates: list[tuple[Any, yaml.Mark, yaml.Mark]] = []
 
 
+_REPLACED = (
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:timestamp",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+)
 _Loader.yaml_implicit_resolvers = {
-    first: [
-        (tag, regexp)
-        for tag, regexp in resolvers
-        if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")
-    ]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _REPLACED]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
+# YAML 1.2's numbers: no octal from a leading zero (01234 is an id, kept as text), no 10:30 base 60.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+|0o[0-7]+)$"), list("-+0123456789")
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|(?:0|[1-9][0-9]*)(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    return int(text, 0) if text[:2] in ("0x", "0o") else int(text)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Iterator[dict]:
@@ -171,6 +192,25 @@ class Document:
         return node
 
 
+MAX_VALUES = 1_000_000  # a config is a few thousand values; aliases nested ten deep make billions
+
+
+def _expanded_size(data: Any) -> int:
+    """How many values `data` holds with every alias expanded (each shared object counted once per use)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        if not isinstance(node, dict | list):
+            return 1
+        if id(node) not in sizes:
+            sizes[id(node)] = 0  # a cycle (an alias to an ancestor) adds nothing more
+            children = node.values() if isinstance(node, dict) else node
+            sizes[id(node)] = min(1 + sum(size(child) for child in children), MAX_VALUES + 1)
+        return sizes[id(node)]
+
+    return size(data)
+
+
 def parse_yaml(text: str, file: str) -> Document:
     """Parse one YAML document; a syntax error or a duplicate key becomes a ConfigError."""
     loader = _Loader(text)
@@ -189,6 +229,19 @@ def parse_yaml(text: str, file: str) -> Document:
         raise ConfigError([Problem(file, None, None, "", f"not valid YAML: {exc}")]) from None
     finally:
         loader.dispose()
+    if _expanded_size(data) > MAX_VALUES:
+        raise ConfigError(
+            [
+                Problem(
+                    file,
+                    None,
+                    None,
+                    "",
+                    f"the file stands for more than {MAX_VALUES} values once its aliases "
+                    "(*name) are expanded; use fewer nested aliases",
+                )
+            ]
+        )
     root = (node.start_mark.line + 1, node.start_mark.column + 1) if node is not None else None
     doc = Document(file=file, data=data, marks=loader.key_marks, root_mark=root)
     doc.duplicates = [
@@ -254,7 +307,12 @@ def interpolate(doc: Document, environ: Mapping[str, str] | None = None) -> list
         out.whole = whole.group(1) if whole else None
         return out
 
+    seen: set[int] = set()
+
     def walk(node: Any, path: Path) -> None:
+        if id(node) in seen:  # an alias: the same object, already filled in
+            return
+        seen.add(id(node))
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for key, value in list(items):
             if isinstance(value, str) and "$" in value:

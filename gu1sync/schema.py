@@ -52,6 +52,28 @@ class Secret:
         return f"${{{self.name}}}"
 
 
+PositiveDuration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    AfterValidator(lambda seconds: _positive(seconds)),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": r"^\s*(0*[1-9]\d*(\.\d+)?|0*\.\d*[1-9]\d*)\s*(ms|s|m|h|d)?\s*$"},
+            ],
+            "description": "more than zero: seconds, or text such as 500ms, 30s, 5m, 1h, 2d",
+        }
+    ),
+]
+
+
+def _positive(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError("must be more than zero")
+    return seconds
+
+
 def _to_secret(value: Any) -> Secret:
     if isinstance(value, Secret):
         return value
@@ -267,7 +289,8 @@ def sort_problems(problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=lambda p: (p.file, p.line or 0, p.column or 0))
 
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN)
 
 
 def _check_name(value: str) -> str:

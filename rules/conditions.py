@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
+import regex
 from pydantic import BeforeValidator, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 
 from gu1sync.schema import CUSTOM_MESSAGES, StrictModel, one_or_many
@@ -35,21 +36,33 @@ def _is_number(value: Any) -> bool:
 
 
 def _same(actual: Any, expected: Any) -> bool:
-    """Equality without Python's True == 1."""
+    """Equality without Python's True == 1, inside lists and objects too."""
     if isinstance(actual, bool) != isinstance(expected, bool):
         return False
+    if isinstance(actual, list) and isinstance(expected, list):
+        return len(actual) == len(expected) and all(_same(a, e) for a, e in zip(actual, expected, strict=True))
+    if isinstance(actual, dict) and isinstance(expected, dict):
+        return actual.keys() == expected.keys() and all(_same(actual[k], expected[k]) for k in actual)
     return actual == expected
+
+
+_NUMBER_TEXT = re.compile(r"\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*")
+
+
+def _number(value: Any) -> int | float | None:
+    """A number, or text that is plainly one ("12.5"; not "Infinity" or "1_000")."""
+    if _is_number(value):
+        return value
+    if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value):
+        return float(value)
+    return None
 
 
 def _ordered(actual: Any, expected: Any) -> tuple[Any, Any] | None:
     """Both as numbers, or both as timestamps; None when they cannot be compared."""
     if _is_number(expected):
-        if isinstance(actual, str):
-            try:
-                actual = float(actual)
-            except ValueError:
-                return None
-        return (actual, expected) if _is_number(actual) else None
+        number = _number(actual)
+        return (number, expected) if number is not None else None
     left, right = parse_iso(actual), parse_iso(expected)
     return (left, right) if left is not None and right is not None else None
 
@@ -83,7 +96,7 @@ class FieldCondition(StrictModel):
 
     _parts: tuple = PrivateAttr(())
     _op: str = PrivateAttr("")
-    _regex: re.Pattern | None = PrivateAttr(None)
+    _regex: regex.Pattern | None = PrivateAttr(None)
 
     @field_validator("field")
     @classmethod
@@ -94,18 +107,29 @@ class FieldCondition(StrictModel):
     @field_validator("gt", "gte", "lt", "lte", mode="before")
     @classmethod
     def _comparable(cls, value: Any) -> Any:
-        if value is not None and not _is_number(value) and parse_iso(value) is None:
+        if value is None:
+            raise ValueError("compares with a number or an ISO 8601 timestamp; none was given")
+        number = _number(value)  # text that is a number, e.g. from ${THRESHOLD}, counts as one
+        if number is not None:
+            return int(number) if isinstance(number, float) and number.is_integer() else number
+        if parse_iso(value) is None:
             raise ValueError(f"compares numbers or ISO 8601 timestamps; {_show(value)} is neither")
+        return value
+
+    @field_validator("in_", "not_in", "starts_with", "ends_with", "matches", "exists", mode="before")
+    @classmethod
+    def _given(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("needs a value (only eq and ne compare with null)")
         return value
 
     @field_validator("matches")
     @classmethod
     def _regex_compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a regular expression: {exc}") from None
+        try:
+            regex.compile(value)
+        except regex.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
         return value
 
     @model_validator(mode="after")
@@ -120,7 +144,7 @@ class FieldCondition(StrictModel):
         self._op = given[0]
         self._parts = parse_path(self.field)
         if self._op == "matches":
-            self._regex = re.compile(self.matches or "")
+            self._regex = regex.compile(self.matches)
         return self
 
     @property
@@ -136,8 +160,14 @@ class FieldCondition(StrictModel):
         if op == "exists":
             present = actual is not MISSING and actual is not None
             return present == expected
-        if actual is MISSING:
+        if actual is MISSING or actual is None:  # a null is no value: only `eq: null` holds for it
+            return actual is None and op == "eq" and expected is None
+        try:
+            return self._compare(op, actual, expected)
+        except (TypeError, ValueError, TimeoutError):  # values that cannot be compared, a regex too slow
             return False
+
+    def _compare(self, op: str, actual: Any, expected: Any) -> bool:
         if op == "eq":
             return _same(actual, expected)
         if op == "ne":
@@ -151,11 +181,12 @@ class FieldCondition(StrictModel):
                 return any(_same(item, expected) for item in actual)
             if isinstance(actual, str):
                 return isinstance(expected, str) and expected in actual
-            return isinstance(actual, dict) and expected in actual
+            return isinstance(actual, dict) and isinstance(expected, str) and expected in actual
         if op in ("starts_with", "ends_with"):
             return isinstance(actual, str) and getattr(actual, op.replace("_", ""))(expected)
         if op == "matches":
-            return isinstance(actual, str | int | float) and self._regex.search(str(actual)) is not None
+            # The `regex` engine with a time limit: event data must not stall a worker on a costly pattern.
+            return isinstance(actual, str | int | float) and self._regex.search(str(actual), timeout=0.1) is not None
         pair = _ordered(actual, expected)
         if pair is None:
             return False

@@ -105,10 +105,12 @@ def evaluate_rule(rule: Rule, event: Event, context: dict[str, Any] | None = Non
     if rule.throttle is not None:
         result.throttle_window = rule.throttle.window
         try:
-            result.throttle_key = str(render_value(rule.throttle.key, context))
+            key = render_value(rule.throttle.key, context)
         except TemplateError as exc:
             result.error = f"rule {rule.name!r}, throttle key: {exc}"
             return result
+        # A key that comes out empty (a null id) would lump unrelated events together: no throttle then.
+        result.throttle_key = str(key) if key not in (None, "") else None
     result.actions = render_actions(rule, context)
     return result
 

@@ -11,23 +11,24 @@ from typing import Any
 
 from .templates import compile_value
 
-_WHO = "{{ entity.name | default(payload.entityId | default('unknown entity')) | slack }}"
-_EXTERNAL = "{{ entity.externalId | default('—') | slack }}"
+# default(x, true): a value that is there but null or empty counts as missing.
+_WHO = "{{ entity.name | default(payload.entityId | default('unknown entity', true), true) | slack }}"
+_EXTERNAL = "{{ entity.externalId | default('—', true) | slack }}"
 _FROM_TO = (
-    "{{ payload.previousStatus | default('—') | slack }} → "
-    "{{ payload.status | default(entity.status | default('—')) | slack }}"
+    "{{ payload.previousStatus | default('—', true) | slack }} → "
+    "{{ payload.status | default(entity.status | default('—', true), true) | slack }}"
 )
 _WHY = (
     "{{ payload.reason | default(payload.rejectionReason | default(payload.rule.name | default("
-    "payload.warnings | default(['—']) | join('; ')))) | slack }}"
+    "payload.warnings | default(['—'], true) | join('; '), true), true), true) | slack }}"
 )
-_WHAT = "{{ event }}{% if payload.changes is mapping %}: {{ payload.changes | join(', ') | slack }}{% endif %}"
+_WHAT = "{{ event | slack }}{% if payload.changes is mapping %}: {{ payload.changes | join(', ') | slack }}{% endif %}"
 
 LAYOUTS: dict[str, dict[str, Any]] = {
     "compliance-alert": {
         "text": f"{_WHAT} for {_WHO} ({_EXTERNAL}): {_FROM_TO}. {_WHY}",
         "blocks": [
-            {"type": "header", "text": {"type": "plain_text", "text": "{{ event }}", "emoji": True}},
+            {"type": "header", "text": {"type": "plain_text", "text": "{{ event | truncate(150) }}", "emoji": True}},
             {
                 "type": "section",
                 "fields": [
@@ -44,7 +45,7 @@ LAYOUTS: dict[str, dict[str, Any]] = {
                     {
                         "type": "mrkdwn",
                         "text": "{{ source }} ({{ environment }}) · event {{ id }} · "
-                        "{{ occurred_at | default(received_at) | date }}",
+                        "{{ occurred_at | default(received_at, true) | date }}",
                     }
                 ],
             },

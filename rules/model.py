@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator
 
-from gu1sync.schema import Duration, Name, StrictModel, many_means_all, one_or_many
+from gu1sync.schema import Name, PositiveDuration, StrictModel, many_means_all, one_or_many
 
 from .actions import Action, Params
 from .conditions import AllOf, Condition
@@ -25,7 +25,7 @@ class Throttle(StrictModel):
     """Run the actions once per key per window; later matches are recorded as throttled."""
 
     key: Annotated[Any, Field(description="A template: which events count as the same, e.g. {{ entity.id }}")]
-    window: Annotated[Duration, Field(gt=0, description="e.g. 1h")]
+    window: PositiveDuration = Field(description="e.g. 1h")
 
     @field_validator("key", mode="before")
     @classmethod
@@ -39,8 +39,8 @@ class RetrySettings(StrictModel):
     """How a failed action is retried: exponential back-off with jitter, bounded."""
 
     max_attempts: int | None = Field(None, ge=1, le=50, description="Attempts in all, the first included (6).")
-    backoff: Annotated[Duration | None, Field(gt=0)] = Field(None, description="Wait before the 2nd attempt (10s).")
-    max_backoff: Annotated[Duration | None, Field(gt=0)] = Field(None, description="Longest wait (15m).")
+    backoff: PositiveDuration | None = Field(None, description="Wait before the 2nd attempt (10s).")
+    max_backoff: PositiveDuration | None = Field(None, description="Longest wait (15m).")
 
 
 DEFAULT_RETRY = RetrySettings(max_attempts=6, backoff=10, max_backoff=900)

@@ -16,7 +16,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from jinja2 import ChainableUndefined, StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2 import (
+    ChainableUndefined,
+    StrictUndefined,
+    TemplateSyntaxError,
+    Undefined,
+    meta,
+    nodes,
+    pass_environment,
+    pass_eval_context,
+)
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.filters import do_default, do_join, do_lower, do_truncate, do_upper
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -71,21 +80,49 @@ def _slack(value: Any) -> str:
     return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _size(value: Any) -> int:
+    """Characters in a string, or in all the strings of a list (one level), for the limits below."""
+    if isinstance(value, str):
+        return len(value)
+    return sum(len(item) if isinstance(item, str) else 1 for item in value)
+
+
 def _tojson(value: Any, indent: int | None = None) -> str:
-    return json.dumps(value, ensure_ascii=False, indent=indent, default=str)
+    return json.dumps(value, ensure_ascii=False, indent=min(indent, 8) if indent else None, default=str)
+
+
+@pass_environment
+def _truncate(
+    env: Any, text: Any, length: int = 255, killwords: bool = False, end: str = "...", leeway: int = 0
+) -> str:
+    """Jinja's truncate, but never longer than `length` (Jinja's own lets 5 more characters through)."""
+    return do_truncate(env, str(text), length, killwords, end, leeway)
+
+
+@pass_eval_context
+def _join(eval_ctx: Any, value: Any, separator: str = "", attribute: Any = None) -> str:
+    """Jinja's join, refusing to build more than the limit."""
+    if isinstance(value, list | tuple) and _size(value) + len(separator) * len(value) > _MAX_BUILT:
+        raise SecurityError("the result would be too large")
+    return do_join(eval_ctx, value, separator, attribute)
 
 
 class _Environment(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int | float) and abs(right) > 100:
-            raise SecurityError("exponent too large")
+        if operator == "**":
+            if isinstance(right, int | float) and abs(right) > 100:
+                raise SecurityError("exponent too large")
+            if isinstance(left, int) and isinstance(right, int) and right > 0 and left.bit_length() * right > 4096:
+                raise SecurityError("the result would be too large")
         if operator == "*" and (isinstance(left, str | list | tuple) or isinstance(right, str | list | tuple)):
             count = right if isinstance(left, str | list | tuple) else left
             item = left if isinstance(left, str | list | tuple) else right
-            if isinstance(count, int) and count * max(len(item), 1) > _MAX_BUILT:
+            if isinstance(count, int) and count * max(_size(item), 1) > _MAX_BUILT:
                 raise SecurityError("the result would be too large")
+        if operator == "%" and isinstance(left, str):
+            raise SecurityError("text formatting with % is not available; use ~ and the filters")
         return super().call_binop(context, operator, left, right)
 
     def _track(self, obj: Any, key: Any, value: Any) -> Any:
@@ -104,15 +141,29 @@ class _Environment(ImmutableSandboxedEnvironment):
         return self._track(obj, argument, super().getitem(obj, argument))
 
 
-ENV = _Environment(undefined=_Missing, autoescape=False, keep_trailing_newline=True)
+# While a single-expression template renders, its value is kept here instead of being made text.
+_captured: contextvars.ContextVar[list | None] = contextvars.ContextVar("gu1sync_template_value", default=None)
+_MAX_RENDERED = 1_000_000  # characters: no field of any action needs more
+
+
+@pass_eval_context  # (so that Jinja does not fold constant expressions with it at compile time)
+def _finalize(eval_context: Any, value: Any) -> Any:
+    box = _captured.get()
+    if box is not None:
+        box.append(value)
+        return ""
+    return "" if value is None else value  # in text, a null is nothing, not the word None
+
+
+ENV = _Environment(undefined=_Missing, autoescape=False, keep_trailing_newline=True, finalize=_finalize)
 ENV.globals.clear()
 ENV.filters = {
     "default": do_default,
     "d": do_default,
     "upper": do_upper,
     "lower": do_lower,
-    "truncate": do_truncate,
-    "join": do_join,
+    "truncate": _truncate,
+    "join": _join,
     "tojson": _tojson,
     "date": _date,
     "slack": _slack,
@@ -151,37 +202,52 @@ class Template:
         for node in tree.find_all(nodes.Name):
             if node.name == "self":
                 raise ValueError("templates cannot use 'self'")
-        self._expression = None
-        body = tree.body
-        if len(body) == 1 and isinstance(body[0], nodes.Output) and len(body[0].nodes) == 1:
-            if not isinstance(body[0].nodes[0], nodes.TemplateData):
-                inner = source.strip()[2:-2].strip().strip("-+").strip()
-                self._expression = ENV.compile_expression(inner, undefined_to_none=False)
-        self._template = ENV.from_string(source) if self._expression is None else None
+        self._single = _is_single_expression(tree)
+        self._template = ENV.from_string(tree)
 
     def __repr__(self) -> str:
         return f"Template({self.source!r})"
 
     def render(self, context: dict[str, Any]) -> Any:
-        """The value for this event; TemplateError naming what is missing or refused."""
+        """The value for this event; TemplateError naming what is missing or refused.
+
+        Whatever goes wrong inside a template is this action's failure, named, never a crash of the
+        worker: the sandbox's refusals, a missing path, and anything a filter raises on odd data.
+        """
         token = _paths.set({id(value): name for name, value in context.items() if isinstance(value, dict | list)})
+        box: list[Any] | None = [] if self._single else None
+        captured = _captured.set(box)
         try:
-            if self._expression is not None:
-                value = self._expression(**context)
-                if isinstance(value, StrictUndefined):
-                    str(value)  # raises UndefinedError with the path
-                return _plain(value)
-            return self._template.render(**context)
+            text = self._template.render(**context)
+            if box is None:
+                if len(text) > _MAX_RENDERED:
+                    raise TemplateError(f"the result is longer than {_MAX_RENDERED} characters")
+                return text
+            (value,) = box
+            if isinstance(value, Undefined):
+                str(value)  # raises UndefinedError naming the path
+            return _plain(value)
         except UndefinedError as exc:
             raise TemplateError(str(exc)) from None
         except SecurityError as exc:
             raise TemplateError(f"refused by the sandbox: {exc}") from None
         except TemplateError:
             raise
-        except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
-            raise TemplateError(f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - becomes this action's recorded, permanent failure
+            raise TemplateError(f"{type(exc).__name__}: {str(exc)[:200]}") from None
         finally:
+            _captured.reset(captured)
             _paths.reset(token)
+
+
+def _is_single_expression(tree: nodes.Template) -> bool:
+    """Whether the template is one `{{ expression }}` (whitespace and comments around it allowed)."""
+    if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):
+        return False
+    parts = tree.body[0].nodes
+    values = [p for p in parts if not isinstance(p, nodes.TemplateData)]
+    text = [p for p in parts if isinstance(p, nodes.TemplateData)]
+    return len(values) == 1 and all(not p.data.strip() for p in text)
 
 
 def _plain(value: Any) -> Any:

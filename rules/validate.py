@@ -16,7 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from gu1sync import samples
 from gu1sync.configfile import ConfigError, Document, Problem, interpolate, parse_yaml
-from gu1sync.schema import did_you_mean, problems_from
+from gu1sync.schema import StrictModel, did_you_mean, problems_from
 
 from .model import ConfigTest
 
@@ -24,6 +24,13 @@ if TYPE_CHECKING:
     from gu1sync.config import Config
 
 GU1_EVENT_TYPES = samples.KNOWN_EVENTS + samples.FUTURE_EVENTS
+
+
+class TestsFile(StrictModel):
+    """A tests file written as a mapping: `tests: [...]`."""
+
+    __test__ = False  # not a pytest class, whatever its name
+    tests: list[ConfigTest]
 
 
 @dataclass
@@ -50,6 +57,17 @@ def check_rules(doc: Document) -> list[Problem]:
             continue
         here = ("rules", index)
         name = rule.get("name")
+        throttle = rule.get("throttle")
+        key = throttle.get("key") if isinstance(throttle, dict) else None
+        if isinstance(key, str) and key.strip() and "{{" not in key:
+            problems.append(
+                doc.problem(
+                    (*here, "throttle", "key"),
+                    f'"{key}" is the same for every event, so the actions run once per window in all; '
+                    'to throttle per entity write a template such as "{{ entity.id }}"',
+                    severity="warning",
+                )
+            )
         if isinstance(name, str) and name in seen:
             line = doc.position(("rules", seen[name], "name"))[0]
             problems.append(doc.problem((*here, "name"), f'a rule named "{name}" already exists (line {line})'))
@@ -66,7 +84,7 @@ def check_rules(doc: Document) -> list[Problem]:
                 problems.append(doc.problem((*here, "sources", n), f'no source named "{source}"{hint}'))
                 continue
             spec = sources[source] if isinstance(sources[source], dict) else {}
-            kinds.add(spec.get("kind"))
+            kinds.add(spec.get("kind") if isinstance(spec.get("kind"), str) else None)
             if rule.get("environment") and spec.get("environment") and spec["environment"] != rule["environment"]:
                 problems.append(
                     doc.problem(
@@ -75,7 +93,11 @@ def check_rules(doc: Document) -> list[Problem]:
                     )
                 )
         if listed is None:
-            kinds = {spec.get("kind") for spec in sources.values() if isinstance(spec, dict)}
+            kinds = {
+                spec.get("kind")
+                for spec in sources.values()
+                if isinstance(spec, dict) and isinstance(spec.get("kind"), str)
+            }
         patterns = rule.get("on")
         patterns = [patterns] if isinstance(patterns, str) else patterns if isinstance(patterns, list) else []
         if "gu1" in kinds:
@@ -112,7 +134,7 @@ def load_tests(config: Config, doc: Document, environ: Any) -> tuple[list[Loaded
         try:
             items = TypeAdapter(list[ConfigTest]).validate_python(data)
         except ValidationError as exc:
-            return [], problems + problems_from(exc, tests_doc, ConfigTest, prefix)
+            return [], problems + problems_from(exc, tests_doc, TestsFile if prefix else list[ConfigTest], prefix)
         if problems:
             return [], problems
         base_dir = os.path.dirname(path)

@@ -172,3 +172,34 @@ def test_why_not_names_the_first_failing_condition():
         "none of: payload.ruleId in ['a'] (was 'rule_1'); changed taxId (changes were "
         "['attributes.email', 'entityData.person.occupation'])"
     )
+
+
+NULLS = {
+    "payload": {
+        "reason": None,
+        "flags": [True, False],
+        "obj": {"active": True},
+        "amount": "Infinity",
+        "big": "1_000_000",
+        "dict": {"a": 1},
+    }
+}
+
+
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [
+        ({"field": "payload.reason", "eq": None}, True),
+        ({"field": "payload.reason", "ne": "x"}, False),  # null is no value: only eq: null holds
+        ({"field": "payload.reason", "not_in": ["x"]}, False),
+        ({"field": "payload.reason", "exists": False}, True),
+        ({"field": "payload.flags", "eq": [1, 0]}, False),  # true never equals 1, inside lists too
+        ({"field": "payload.flags", "eq": [True, False]}, True),
+        ({"field": "payload.obj", "eq": {"active": 1}}, False),
+        ({"field": "payload.amount", "gt": 10000}, False),  # "Infinity" is not a plain number
+        ({"field": "payload.big", "gt": 10000}, False),
+        ({"field": "payload.dict", "contains": {"a": 1}}, False),  # no crash on unhashable values
+    ],
+)
+def test_nulls_nested_values_and_odd_text(condition, expected):
+    assert holds(condition, NULLS) is expected

@@ -446,3 +446,135 @@ def test_recording_twice_changes_nothing(tmp_path):
     second = store.record_evaluation(event.id, evaluate(config.rules, event), config.digest)
     assert len(first) == 1 and second == []  # the same event may take its own throttle window again
     assert len(store.actions(event.id)) == 2
+
+
+# -- mistakes found in review: each is a clean problem, never a traceback --------------------------
+
+
+def test_operators_that_need_a_value(tmp_path):
+    found = problems(
+        """\
+        - name: r
+          on: kyc.*
+          when:
+            - {field: payload.status, in: }
+            - {field: payload.status, exists: }
+            - {field: payload.amount, gt: }
+          actions:
+            - slack.post: {channel: "#c", text: hi}
+        """
+    )
+    assert found == [
+        "config.yaml:11:34: rules[0].when[0].in: needs a value (only eq and ne compare with null)",
+        "config.yaml:12:38: rules[0].when[1].exists: needs a value (only eq and ne compare with null)",
+        "config.yaml:13:34: rules[0].when[2].gt: compares with a number or an ISO 8601 timestamp; none was given",
+    ]
+
+
+def test_thresholds_may_come_from_the_environment():
+    config = ok(
+        """\
+        - name: r
+          on: kyc.*
+          when: {field: payload.amount, gt: "${THRESHOLD:-10000}"}
+          actions:
+            - slack.post: {channel: "#c", text: hi}
+        """
+    )
+    assert (
+        config.rules[0].when.all[0].gt == 10000
+        if hasattr(config.rules[0].when, "all")
+        else (config.rules[0].when.gt == 10000)
+    )
+
+
+def test_yaml_numbers_are_yaml_1_2():
+    from gu1sync.configfile import parse_yaml
+
+    data = parse_yaml("ids: [01234, 10:30, 0x1F, 12, -3, 1.5]\n", "f.yaml").data
+    assert data == {"ids": ["01234", "10:30", 31, 12, -3, 1.5]}
+
+
+def test_an_alias_bomb_is_refused_quickly():
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for previous, name in zip("abcdef", "bcdefg", strict=True):
+        lines.append(f"{name}: &{name} [{', '.join(['*' + previous] * 10)}]")
+    with pytest.raises(ConfigError) as err:
+        parse_config("\n".join(lines) + "\n", "config.yaml", environ=SECRETS)
+    assert "more than 1000000 values once its aliases" in str(err.value)
+
+
+def test_a_constant_throttle_key_is_a_warning():
+    config = ok(
+        """\
+        - name: r
+          on: kyc.*
+          throttle: {key: payload.entityId, window: 1d}
+          actions:
+            - slack.post: {channel: "#c", text: hi}
+        """
+    )
+    assert [w.message for w in config.warnings] == [
+        '"payload.entityId" is the same for every event, so the actions run once per window in all; to throttle '
+        'per entity write a template such as "{{ entity.id }}"'
+    ]
+
+
+def test_a_list_where_a_kind_belongs_is_a_problem_not_a_traceback():
+    text = HEAD.replace("kind: gu1", "kind: [gu1]") + textwrap.dedent(ONE_RULE)
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "config.yaml", environ=SECRETS)
+    assert "sources.gu1-production" in str(err.value)
+
+
+def test_zero_windows_and_intervals_are_refused():
+    found = problems(
+        """\
+        - name: r
+          on: kyc.*
+          throttle: {key: "{{ entity.id }}", window: 0}
+          actions:
+            - slack.post: {channel: "#c", text: hi}
+        """,
+        "queue:\n  sweep_interval: 0s\n",
+    )
+    assert found == [
+        "config.yaml:10:46: rules[0].throttle.window: must be more than zero",
+        "config.yaml:14:19: queue.sweep_interval: must be more than zero",
+    ]
+
+
+def test_did_you_mean_in_a_separate_tests_file(tmp_path):
+    text = (ROOT / "tests" / "configs" / "rules.yaml").read_text()
+    (tmp_path / "config.yaml").write_text(text + "\ntests: t.yaml\n")
+    (tmp_path / "t.yaml").write_text("- name: x\n  event: {event: x}\n  expect: {matchd: []}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(tmp_path / "config.yaml"), environ=SECRETS)
+    assert 'unknown key "matchd" (did you mean "matched"?)' in str(err.value)
+
+
+def test_the_layout_escapes_everything_and_survives_missing_values():
+    from rules.simulate import simulate
+
+    config = ok(
+        """\
+        - name: r
+          on: "*"
+          actions:
+            - slack.post: {channel: "#c", layout: compliance-alert}
+        """
+    )
+    document = {"event": "<!channel> <https://evil.example|reset>", "payload": {"reason": None, "entity": {}}}
+    _, [result] = simulate(config, document)
+    [action] = result.actions
+    assert action.error is None
+    # Slack reads mentions and links in text and mrkdwn, never in plain_text (the header).
+    mrkdwn = [action.params["text"]] + [
+        field["text"]
+        for block in action.params["blocks"]
+        for field in block.get("fields", []) + [block.get("text") or {}]
+        if field.get("type") == "mrkdwn"
+    ]
+    assert mrkdwn and all("<!channel>" not in text and "<https:" not in text for text in mrkdwn)
+    assert "&lt;!channel&gt;" in action.params["text"]
+    assert action.params["text"].endswith("— → —. —")

@@ -197,3 +197,45 @@ def test_syntax_errors_are_reported_at_load():
         Template("{{ entity.name ")
     with pytest.raises(ValueError, match="template error on its line 2"):
         Template("ok\n{% if %}")
+
+
+# -- typed values, nulls, and limits -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("{{ -payload.amount }}", -12500.5),
+        ("{{ -1 }}", -1),
+        ("{{ payload.count }}{# the count #}", 3),
+        ("{# note #} {{ payload.active }} ", True),
+        ("{{ payload.nothing }}", None),  # a single expression keeps null
+        ("was {{ payload.nothing }}.", "was ."),  # in text, null is nothing, not the word None
+        ("{{ payload.nothing | default('none', true) }}", "none"),
+        ("{{ 7 % 3 }}", 1),
+    ],
+)
+def test_typed_values_and_nulls(source, expected):
+    value = render(source)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("{{ (((9**100)**100)**100)**100 > 1 }}", "the result would be too large"),
+        ("{{ ('%0300000000d' % 1)[:1] }}", "text formatting with % is not available"),
+        ("{{ (['x' * 99999] * 99999) | join }}", "the result would be too large"),
+        ("{{ entity.name | truncate(2) }}", "AssertionError"),
+        ("{{ payload.huge | date }}", "OSError"),
+    ],
+)
+def test_what_a_template_cannot_do_fails_the_action_cleanly(source, message):
+    with pytest.raises(TemplateError) as err:
+        Template(source).render({**CTX, "payload": {**CTX["payload"], "huge": 1e18}})
+    assert message in str(err.value)
+
+
+def test_truncate_never_goes_over_its_length():
+    text = Template("{{ payload.text | truncate(255) }}").render({"payload": {"text": "word " * 100}})
+    assert len(text) <= 255
