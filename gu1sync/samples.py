@@ -27,7 +27,6 @@ KYC_STATUSES = {
     "cancelled": "cancelled",
 }
 KYC_EVENTS = tuple(f"kyc.validation_{name}" for name in KYC_STATUSES)
-LEGACY_KYC_EVENTS = tuple(e for e in KYC_EVENTS if e not in ("kyc.validation_in_review", "kyc.validation_cancelled"))
 RULE_EVENTS = ("rule.triggered",)
 # Announced by Gu1 as "coming soon": accepted and stored, matched by no rule unless one asks.
 FUTURE_EVENTS = (

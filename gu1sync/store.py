@@ -29,7 +29,6 @@ from .timeutil import Clock, iso, utcnow
 
 # Statuses an event moves through. `invalid` events were authentic but unreadable (kept for inspection).
 RECEIVED, PROCESSING, DONE, FAILED, INVALID = "received", "processing", "done", "failed", "invalid"
-UNFINISHED = (RECEIVED, PROCESSING)
 
 STALE_CLAIM = 120  # seconds: a `processing` claim older than this belongs to a worker that died
 EVENT_ATTEMPTS = 5  # an event whose processing fails this many times is left `failed`, for replay
@@ -234,15 +233,6 @@ class Store:
                 (RECEIVED, event_id, FAILED),
             )
             return cursor.rowcount == 1
-
-    def finish(self, event_id: str, status: str, outcome: str | None, error: str | None, config_version: str) -> None:
-        """Record how processing of an event ended."""
-        with self.transaction() as conn:
-            conn.execute(
-                """UPDATE events SET status = ?, outcome = ?, error = ?, finished_at = ?, config_version = ?
-                   WHERE id = ?""",
-                (status, outcome, error, iso(self.clock()), config_version, event_id),
-            )
 
     def record_evaluation(self, event_id: str, results: list[RuleResult], config_version: str) -> list[str]:
         """Record what each rule made of an event and its actions, and finish the event; one transaction.

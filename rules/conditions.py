@@ -16,12 +16,11 @@ from pydantic import BeforeValidator, Discriminator, Field, PrivateAttr, Tag, fi
 from gu1sync.schema import CUSTOM_MESSAGES, StrictModel, one_or_many
 from gu1sync.timeutil import parse_iso
 
-from .paths import MISSING, format_path, parse_path, resolve
+from .paths import MISSING, parse_path, resolve
 
 OPERATORS = tuple("eq ne in not_in contains starts_with ends_with matches exists gt gte lt lte".split())
 SHORTHANDS = ("entity_types", "status_changes", "rule_severity", "rule_ids", "changed")
 COMBINATORS = ("all", "any", "not")
-SEVERITIES = ("low", "medium", "high", "critical")
 
 
 def _show(value: Any) -> str:
@@ -410,4 +409,4 @@ def unknown_condition_message(value: Any) -> str:
 
 CUSTOM_MESSAGES["unknown_condition"] = unknown_condition_message
 
-__all__ = ["Condition", "format_path"]
+__all__ = ["Condition"]

@@ -81,16 +81,3 @@ def resolve(data: Any, parts: tuple[str | int, ...]) -> Any:
         else:
             return MISSING
     return node
-
-
-def format_path(parts: tuple[str | int, ...]) -> str:
-    """A path written back the way it is read."""
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z_$@][\w$@-]*", part):
-            out += f".{part}" if out else part
-        else:
-            out += f'["{part}"]'
-    return out
