@@ -31,7 +31,6 @@ from rules.model import RetrySettings
 
 from .actionlog import DEAD, DONE, DRY_RUN, RETRYING, SKIPPED
 from .event import Event
-from .queue import NOT_LIVE, PROCESS_EVENT
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +237,9 @@ def replay(
         if event is None:
             return [f"{event_id}: no such event"]
         if event.status in ("received", "processing", "failed"):
-            again = ctx.store.retry_failed(event_id) or event.status != "failed"
-            state = ctx.queue._job_states([event_id])[0]
-            if again and state in NOT_LIVE and ctx.queue._requeue(PROCESS_EVENT, event_id, event_id, state):
+            ctx.store.retry_failed(event_id)  # a failed event becomes received again
+            queued, state = ctx.queue.requeue_event(event_id)
+            if queued:
                 lines.append(f"{event_id}: event queued to be processed again")
             else:
                 lines.append(f"{event_id}: event will be processed again (its job is {state or 'on its way'})")

@@ -157,6 +157,11 @@ class EventQueue:
             return False  # queued a moment ago by someone else
         return True
 
+    def requeue_event(self, event_id: str) -> tuple[bool, str | None]:
+        """Queue an event's job unless a live one exists: (queued, the state of the job found)."""
+        [state] = self._job_states([event_id])
+        return state in NOT_LIVE and self._requeue(PROCESS_EVENT, event_id, event_id, state), state
+
     def sweep(self, grace: float = 5.0) -> list[str]:
         """Queue every unfinished event and every due action that has no live job; return their ids.
 
@@ -170,7 +175,7 @@ class EventQueue:
         actions = ActionLog(self.store)
         queued = []
         for events in self.store.unfinished(received_before=self.clock() - timedelta(seconds=grace)):
-            for event_id, state in zip(events, self._job_states(events), strict=True):
+            for event_id, state in zip(events, self._job_states(events), strict=True):  # one round trip a page
                 if state in NOT_LIVE and self._requeue(PROCESS_EVENT, event_id, event_id, state):
                     queued.append(event_id)
         for rows in actions.due(grace):
