@@ -7,8 +7,11 @@ failures in one place (`classify` in its module); nothing else decides what is r
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote, quote_plus
 
 from rq.timeouts import JobTimeoutException
 
@@ -84,3 +87,39 @@ def retry_after_seconds(value: Any) -> float | None:
         return max(0.0, float(str(value).strip()))
     except ValueError:
         return 1.0 if value else None
+
+
+REDACTED = "[redacted]"
+
+
+def secret_forms(values: Iterable[str | None]) -> list[str]:
+    """Secrets as they could turn up in a message: as they are, URL-encoded, or in base64; longest
+    first. Values too short to be secrets (under 6 characters) are left out."""
+    forms: set[str] = set()
+    for value in values:
+        if not value or len(value) < 6:
+            continue
+        raw = value.encode()
+        forms |= {value, quote(value, safe=""), quote_plus(value)}
+        forms |= {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
+        forms |= {form.rstrip("=") for form in list(forms) if form.endswith("=")}
+    return sorted(forms, key=len, reverse=True)
+
+
+def _without(text: str, forms: list[str]) -> str:
+    for form in forms:
+        text = text.replace(form, REDACTED)
+    return text
+
+
+def scrub(error: ActionError, forms: list[str]) -> ActionError:
+    """The error with every secret form replaced by [redacted]. Its message is stored and shown by
+    `failed` and `show`, its code is logged, and either may quote what a server answered: some echo
+    a URL or a credential back."""
+    message = _without(error.message, forms)
+    if message != error.message:
+        error.message = message
+        error.args = (message,)
+    if error.code is not None:
+        error.code = _without(error.code, forms)
+    return error

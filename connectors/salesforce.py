@@ -24,7 +24,7 @@ from simple_salesforce.format import format_soql
 
 from gu1sync.schema import PositiveDuration, SecretValue, StrictModel
 
-from .base import ActionError, ActionMeta, Result, common
+from .base import ActionError, ActionMeta, Result, common, scrub, secret_forms
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,18 @@ def classify(exc: Exception) -> ActionError:
     return ActionError(f"unexpected {type(exc).__name__}: {exc}", retryable=False)
 
 
+def _secret_values(auth: object) -> list[str]:
+    """Every credential in `auth`, and each line of a PEM key (a message may quote one line)."""
+    values = []
+    for name in ("session_id", "password", "security_token", "client_id", "client_secret", "private_key"):
+        secret = getattr(auth, name, None)
+        if secret is not None:
+            values.append(secret.value)
+            if name == "private_key":
+                values += [line.strip() for line in secret.value.splitlines() if len(line.strip()) >= 16]
+    return values
+
+
 class SalesforceConnector:
     """Carries out salesforce.* actions."""
 
@@ -173,6 +185,7 @@ class SalesforceConnector:
         self.session = session if session is not None else TimeoutSession(settings.timeout)
         self._client: Salesforce | None = None
         self.logins = 0
+        self._secrets = secret_forms(_secret_values(settings.auth))
 
     def _login(self) -> Salesforce:
         auth, version = self.settings.auth, self.settings.api_version
@@ -227,8 +240,8 @@ class SalesforceConnector:
                 self._client = None
                 log.info("salesforce: session expired; logging in again")
                 return self._call(action_type, params)
-        except Exception as exc:  # every failure is classified in one place
-            raise classify(exc) from exc
+        except Exception as exc:  # every failure is classified in one place, and no secret leaves in it
+            raise scrub(classify(exc), self._secrets) from exc
 
     def _call(self, action_type: str, params: dict[str, Any]) -> Result:
         for key in ("external_id", "record_id"):

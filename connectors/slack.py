@@ -10,6 +10,7 @@ import logging
 import re
 import urllib.error
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 from slack_sdk import WebClient, WebhookClient
@@ -17,9 +18,14 @@ from slack_sdk.errors import SlackApiError, SlackRequestError
 
 from gu1sync.schema import PositiveDuration, SecretValue, StrictModel
 
-from .base import ActionError, ActionMeta, Result, common, retry_after_seconds
+from .base import ActionError, ActionMeta, Result, common, retry_after_seconds, scrub, secret_forms
 
 log = logging.getLogger(__name__)
+# slack-sdk's own log lines carry what must not be logged: at DEBUG each request (the message, personal
+# data; an incoming webhook's URL, a secret), at ERROR the body of an answer it cannot read (whatever a
+# proxy echoed back). Our own lines say how each call went, so the library's are dropped.
+sdk_log = logging.getLogger("connectors.slack.sdk")
+sdk_log.setLevel(logging.CRITICAL)
 
 # `ok: false` errors that clear up by themselves; every other one needs a person.
 RETRYABLE_ERRORS = {"ratelimited", "service_unavailable", "fatal_error", "internal_error", "request_timeout"}
@@ -37,6 +43,9 @@ class SlackSettings(StrictModel):
     def _https(self) -> SlackSettings:
         if not self.base_url.startswith(("https://", "http://")):
             raise ValueError("base_url is an http(s) URL")
+        if self.webhook_url is not None and not self.webhook_url.value.startswith(("https://", "http://")):
+            # Named, never shown: the URL is the secret, and a malformed one ends up in error messages.
+            raise ValueError(f"the value of ${self.webhook_url.name} is not an http(s) URL")
         return self
 
 
@@ -100,14 +109,25 @@ class SlackConnector:
         self.dry_run = settings.token is None and settings.webhook_url is None
         timeout = max(1, round(settings.timeout))
         self._web = (
-            WebClient(token=settings.token.value, base_url=settings.base_url, timeout=timeout, retry_handlers=[])
+            WebClient(
+                token=settings.token.value,
+                base_url=settings.base_url,
+                timeout=timeout,
+                retry_handlers=[],
+                logger=sdk_log,
+            )
             if settings.token
             else None
         )
         self._hook = (
-            WebhookClient(settings.webhook_url.value, timeout=timeout, retry_handlers=[])
+            WebhookClient(settings.webhook_url.value, timeout=timeout, retry_handlers=[], logger=sdk_log)
             if settings.webhook_url and not settings.token
             else None
+        )
+        hook = settings.webhook_url.value if settings.webhook_url else None
+        # The webhook URL's path is the secret part of it: a message may quote the path alone.
+        self._secrets = secret_forms(
+            [settings.token.value if settings.token else None, hook, urlsplit(hook).path if hook else None]
         )
 
     def execute(self, action_type: str, params: dict[str, Any], meta: ActionMeta) -> Result:
@@ -132,5 +152,5 @@ class SlackConnector:
             if problem is not None:
                 raise problem
             return Result(response.status_code, "posted via incoming webhook")
-        except Exception as exc:  # every failure is classified in one place
-            raise classify(exc) from exc
+        except Exception as exc:  # every failure is classified in one place, and no secret leaves in it
+            raise scrub(classify(exc), self._secrets) from exc

@@ -41,6 +41,7 @@ def setup(level: str | None = None) -> None:
         root.addHandler(handler)
     root.setLevel(level)
     quiet_rq()
+    quiet_libraries()
 
 
 def quiet_rq() -> None:
@@ -48,3 +49,15 @@ def quiet_rq() -> None:
     level = rq_level(logging.getLevelName(logging.getLogger().level))
     for name in ("rq", "rq.worker", "rq.job", "rq.queue", "rq.scheduler", "rq.worker_pool"):
         logging.getLogger(name).setLevel(level)
+
+
+# At DEBUG these write what must never be in a log: urllib3 each request line (a Salesforce path holds
+# the external id), slack-sdk each request (the message, an incoming webhook's URL, which is a secret).
+CHATTY = ("urllib3", "requests", "slack_sdk", "simple_salesforce", "zeep")
+
+
+def quiet_libraries() -> None:
+    """Keep the HTTP client libraries at INFO even when the log level is DEBUG: our own lines say
+    which call was made and how it went, without its data."""
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.INFO)

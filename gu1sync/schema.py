@@ -280,8 +280,30 @@ def problems_from(exc: ValidationError, doc: Document, root: type[BaseModel], ba
             message = f"{describe(path[-1])} is not a valid name: {err['msg'][0].lower()}{err['msg'][1:]}"
         else:
             message = f"{err['msg'][0].lower()}{err['msg'][1:]}, got {describe(value)}"
-        problems.append(doc.problem(path, message, of_key=of_key))
+        problems.append(doc.problem(path, _unquote_env(message, value), of_key=of_key))
     return problems
+
+
+def _env_values(value: Any, found: list[EnvStr]) -> list[EnvStr]:
+    if isinstance(value, EnvStr) and str(value):
+        found.append(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _env_values(item, found)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _env_values(item, found)
+    return found
+
+
+def _unquote_env(message: str, value: Any) -> str:
+    """`message` with every value that came from the environment named instead of shown: a validator
+    may quote its input (`got '...'`), and that input may be a secret put in the wrong field."""
+    for env in sorted(_env_values(value, []), key=len, reverse=True):
+        message = message.replace(repr(str(env)), env.describe())
+        if len(env) >= 4:  # shorter text would be replaced inside ordinary words
+            message = message.replace(str(env), env.describe())
+    return message
 
 
 def sort_problems(problems: list[Problem]) -> list[Problem]:
