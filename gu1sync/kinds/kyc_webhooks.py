@@ -1,6 +1,8 @@
 """The KYC-Webhooks provider (seed 004): envelope {id, type, created, data}.
 
-Here X-Webhook-ID *is* the event id (the body's `id` says the same and is signed, so it wins).
+X-Webhook-ID is the event id, but it is not signed: the body's `id` (which says the same, and is
+signed) is the identity, and a body without one is known by its hash. Were the header trusted, a
+captured delivery resent with a new X-Webhook-ID would be a new event, and processed again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from .base import (
     Headers,
     hex_signature,
     matching_secret,
-    optional_header,
     require_type,
     single_header,
     unix_timestamp,
@@ -65,7 +66,6 @@ class KycWebhooksKind:
         data = document.get(self.payload_field, {})
         event_id = document.get("id")
         identity = str(event_id) if isinstance(event_id, str | int) and str(event_id).strip() else None
-        identity = identity or optional_header(headers, "X-Webhook-ID")
         subject = None
         if isinstance(data, dict):
             for key in ("session_id", "sessionId", "id"):
