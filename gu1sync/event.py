@@ -19,30 +19,46 @@ def event_id(dedupe_key: str) -> str:
     return "ev_" + hashlib.sha256(dedupe_key.encode()).hexdigest()[:32]
 
 
-_LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATES = re.compile("[\ud800-\udfff]")
+MAX_DEPTH = 100  # Gu1's payloads nest about 5 deep; a fixed limit, so the stack in use never decides
 
 
 def parse_json(raw: bytes) -> Any:
     """JSON from raw bytes; ValueError for anything unreadable, absurd nesting included.
 
-    Liberal where it costs nothing: a UTF-8 byte order mark is skipped, and `\\ud83d`-style escapes
-    that do not form a pair (senders cut strings in the middle of an emoji) become U+FFFD, since
-    such text cannot be stored or encoded.
+    Liberal where it costs nothing: a byte order mark is skipped, UTF-16 and UTF-32 are read as
+    json.loads reads them, and surrogates that do not form a pair become U+FFFD, since such text
+    cannot be stored or encoded: escaped (`\\ud83d`: senders cut strings in the middle of an emoji)
+    or raw (CESU-8 bytes, a lone half in UTF-16).
     """
-    text = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
+    text = raw.decode(json.detect_encoding(raw), "surrogatepass")  # as json.loads(bytes) does
     try:
         document = json.loads(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
-    if _LONE_SURROGATE.search(text):
+    if text.count("[") + text.count("{") > MAX_DEPTH and _nesting(document) > MAX_DEPTH:
+        raise ValueError(f"JSON nested more than {MAX_DEPTH} deep")
+    if _LONE_SURROGATE.search(text) or _SURROGATES.search(text):
         document = _mend(document)
     return document
 
 
+def _nesting(document: Any) -> int:
+    """How deep lists and objects nest, level by level (not recursively: it may be too deep for that)."""
+    depth, level = 0, [document]
+    while level and depth <= MAX_DEPTH:
+        containers = [value for value in level if isinstance(value, dict | list)]
+        if not containers:
+            break
+        depth += 1
+        level = [child for value in containers for child in (value.values() if isinstance(value, dict) else value)]
+    return depth
+
+
 def _mend(value: Any) -> Any:
     if isinstance(value, str):
-        # json.loads has already joined every proper pair; what is left of U+D800..U+DFFF is alone.
+        # json.loads has joined every escaped pair; what is left of U+D800..U+DFFF cannot be encoded.
         return _SURROGATES.sub("\ufffd", value)
     if isinstance(value, dict):
         return {_mend(k): _mend(v) for k, v in value.items()}
