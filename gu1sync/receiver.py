@@ -54,10 +54,13 @@ def services() -> Services:
 
 
 blueprint = Blueprint("receiver", __name__)
+# Every answer here is JSON: no automatic OPTIONS answers (Flask's are empty HTML; a method not served
+# is a 405 like any other), and no HTML redirect from //webhooks/x to /webhooks/x (a 404 like any other).
+ROUTE_OPTIONS = {"provide_automatic_options": False, "merge_slashes": False}
 
 
 def _read_body(req: Request, limit: int) -> bytes:
-    """The body, or 413 without reading further than `limit` + 1 bytes.
+    """The body; 413 without reading further than `limit` + 1 bytes; 400 when it cannot be read.
 
     A Content-Length over the limit is refused before anything is read. A chunked body has no
     length, so the app's MAX_CONTENT_LENGTH is limit + 1: werkzeug stops reading there (and says
@@ -70,6 +73,8 @@ def _read_body(req: Request, limit: int) -> bytes:
         body = req.get_data(cache=False)
     except RequestEntityTooLarge:
         raise too_large from None
+    except Exception:  # whatever the server's reader raises: werkzeug's ClientDisconnected, gunicorn's bad chunk
+        raise BadRequest("bad_request", "the body could not be read: it ended early or its chunks are broken") from None
     if len(body) > limit:
         raise too_large
     return body
@@ -84,7 +89,7 @@ def _kept_headers(req: Request) -> dict[str, str]:
     return {name: req.headers[name][:200] for name in KEPT_HEADERS if name in req.headers}
 
 
-@blueprint.post("/webhooks/<source_name>")
+@blueprint.post("/webhooks/<source_name>", **ROUTE_OPTIONS)
 def receive(source_name: str):
     """Accept one webhook delivery."""
     started = time.perf_counter()
@@ -156,13 +161,13 @@ def _keep_invalid(svc: Services, base: dict, body: bytes, secret: str, problem: 
     problem.extra["id"] = event.id
 
 
-@blueprint.get("/healthz")
+@blueprint.get("/healthz", **ROUTE_OPTIONS)
 def healthz():
     """The process is up."""
     return jsonify(status="ok")
 
 
-@blueprint.get("/readyz")
+@blueprint.get("/readyz", **ROUTE_OPTIONS)
 def readyz():
     """SQLite takes writes, Redis answers, the config is loaded: 200, else 503 naming what failed."""
     svc = services()
