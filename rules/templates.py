@@ -4,7 +4,8 @@
   anything else renders to a string.
 - A path that is not in the event fails the action with the path named: `entity.externalId`.
 - Filters: default, upper, lower, truncate, join, tojson, date, slack. No globals, no private attributes,
-  nothing that changes data, no huge strings or lists built by `*` or `**`.
+  nothing that changes data, no huge strings or lists built by `*`, `**`, `+`, `~`, or by methods such as
+  `center` and `replace`, no macros, includes or recursive loops, and loops bounded in all.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import contextvars
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from string import Formatter
 from typing import Any
 
 from jinja2 import (
@@ -29,13 +31,16 @@ from jinja2 import (
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.filters import do_default, do_join, do_lower, do_truncate, do_upper
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.visitor import NodeTransformer
 
 from gu1sync.schema import did_you_mean
 from gu1sync.timeutil import parse_iso
 
 from .paths import ROOTS
 
-_MAX_BUILT = 100_000  # longest string or list a template may build with * or **
+_MAX_BUILT = 100_000  # longest string or list a template may build with * or **, or a method call
+_MAX_RENDERED = 1_000_000  # characters: no field of any action needs more
+_MAX_LOOPS = 10_000  # items all the loops of one rendering may go through (loops in loops multiply)
 
 # id(dict or list reached while rendering) -> its path, for naming what is missing.
 _paths: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar("gu1sync_template_paths", default=None)
@@ -80,11 +85,22 @@ def _slack(value: Any) -> str:
     return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _size(value: Any) -> int:
-    """Characters in a string, or in all the strings of a list (one level), for the limits below."""
-    if isinstance(value, str):
-        return len(value)
-    return sum(len(item) if isinstance(item, str) else 1 for item in value)
+def _size(value: Any, cap: int = _MAX_RENDERED) -> int:
+    """What `value` weighs once written out, for the limits below: the characters of its strings (one at
+    least) and one for every other value, a part shared N times counted N times, as str() and tojson write
+    it out. Counting stops once past `cap`, so that weighing costs no more than the limit."""
+    total, pending = 0, [value]
+    while pending and total <= cap:
+        item = pending.pop()
+        if isinstance(item, str | bytes):
+            total += max(len(item), 1)
+            continue
+        total += 1
+        if isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple):
+            pending += item
+    return total
 
 
 def _tojson(value: Any, indent: int | None = None) -> str:
@@ -107,8 +123,129 @@ def _join(eval_ctx: Any, value: Any, separator: str = "", attribute: Any = None)
     return do_join(eval_ctx, value, separator, attribute)
 
 
+def _built_by(method: Any, args: tuple, kwargs: dict) -> int:
+    """How large a string a str, bytes or int method could build from these arguments (0: nothing large).
+
+    These are the methods whose result can be far larger than what they are given ('x'.center(10**9)).
+    """
+    owner, name = getattr(method, "__self__", None), getattr(method, "__name__", "")
+    if name == "fromkeys" and isinstance(owner, type) and issubclass(owner, dict) and args:  # {k: same for k in ...}
+        keys = args[0] if hasattr(args[0], "__len__") else ()
+        return len(keys) * _size(args[1] if len(args) > 1 else None, _MAX_BUILT)
+    if not isinstance(owner, str | bytes | int):
+        return 0
+    first = args[0] if args else kwargs.get({"expandtabs": "tabsize", "to_bytes": "length"}.get(name, ""))
+    if name in ("center", "ljust", "rjust", "zfill", "to_bytes") and isinstance(first, int):
+        return first
+    if name == "expandtabs" and isinstance(owner, str | bytes):
+        return len(owner) * (first if isinstance(first, int) else 8)
+    if name == "replace" and len(args) >= 2 and all(isinstance(a, type(owner)) for a in args[:2]):
+        count = owner.count(args[0]) if args[0] else len(owner) + 1
+        if len(args) > 2 and isinstance(args[2], int) and args[2] >= 0:
+            count = min(count, args[2])
+        return len(owner) + count * len(args[1])
+    if name == "join" and isinstance(owner, str | bytes) and hasattr(first, "__len__"):
+        return _size(first) + len(owner) * len(first)
+    if name == "translate" and isinstance(owner, str) and isinstance(first, dict):
+        longest = max((len(v) for v in first.values() if isinstance(v, str)), default=1)
+        return len(owner) * longest
+    return 0
+
+
+_FORMAT_NUMBER = re.compile(r"\d+")
+
+
+def _check_format(text: str) -> None:
+    """Refuse a str.format width or precision that builds a huge string ('{:>999999999}')."""
+    for _, _, spec, _ in Formatter().parse(text):
+        if spec and ("{" in spec or any(len(n) > 6 or int(n) > _MAX_BUILT for n in _FORMAT_NUMBER.findall(spec))):
+            raise SecurityError(f"a format width or precision is at most {_MAX_BUILT}, never taken from an argument")
+
+
+# While a template renders: how many more loop items it may go through.
+_loops_left: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("gu1sync_template_loops", default=None)
+
+
+def _loop_items(items: Any) -> Any:
+    """A loop's items, counted against the rendering's budget (every loop is rewritten to call this)."""
+    left = _loops_left.get()
+    try:
+        count = len(items)
+    except TypeError:  # not a collection: the loop itself says why it cannot go through it
+        return items
+    if left is not None:
+        left[0] -= count
+        if left[0] < 0:
+            raise SecurityError(f"the loops would go through more than {_MAX_LOOPS} items")
+    return items
+
+
+def _built(value: Any) -> Any:
+    """A list, tuple or dict written in a template, refused when it stands for too much: `[a, a, a]` where `a`
+    is `[b, b, b]`... shares its parts, and would only blow up when written out (every literal goes through here)."""
+    if _size(value) > _MAX_RENDERED:
+        raise SecurityError("the result would be too large")
+    return value
+
+
+def _concat(*parts: Any) -> str:
+    """`a ~ b`, refusing to build more than a rendering may hold (every `~` is rewritten to call this)."""
+    texts = [str(part) for part in parts]
+    if sum(len(text) for text in texts) > _MAX_RENDERED:
+        raise SecurityError("the result would be too large")
+    return "".join(texts)
+
+
+def _call(name: str, args: list[nodes.Expr], lineno: int) -> nodes.Call:
+    return nodes.Call(nodes.ImportedName(f"{__name__}.{name}"), args, [], None, None, lineno=lineno)
+
+
+class _Bounded(NodeTransformer):
+    """Routes every loop's items, every `~` and every list, tuple or dict literal through the limits above."""
+
+    def visit_For(self, node: nodes.For) -> nodes.For:
+        self.generic_visit(node)
+        node.iter = _call("_loop_items", [node.iter], node.lineno)
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Call:
+        self.generic_visit(node)
+        return _call("_concat", list(node.nodes), node.lineno)
+
+    def visit_List(self, node: nodes.Expr) -> nodes.Expr:
+        self.generic_visit(node)
+        return _call("_built", [node], node.lineno) if getattr(node, "ctx", "load") == "load" else node
+
+    visit_Tuple = visit_Dict = visit_List
+
+
+_SEQUENCES = (str, bytes, list, tuple)
+
+
 class _Environment(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+
+    @staticmethod
+    def concat(parts: Iterable[str]) -> str:  # type: ignore[override]
+        """Join a rendering's output (or a block's), refusing to go past the limit while it is produced."""
+        out, size = [], 0
+        for part in parts:
+            size += len(part)
+            if size > _MAX_RENDERED:
+                raise SecurityError(f"the result is longer than {_MAX_RENDERED} characters")
+            out.append(part)
+        return "".join(out)
+
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if _built_by(obj, args, kwargs) > _MAX_BUILT:
+            raise SecurityError("the result would be too large")
+        return super().call(context, obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            _check_format(value.__self__)
+        return wrapped
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
@@ -116,10 +253,15 @@ class _Environment(ImmutableSandboxedEnvironment):
                 raise SecurityError("exponent too large")
             if isinstance(left, int) and isinstance(right, int) and right > 0 and left.bit_length() * right > 4096:
                 raise SecurityError("the result would be too large")
-        if operator == "*" and (isinstance(left, str | list | tuple) or isinstance(right, str | list | tuple)):
-            count = right if isinstance(left, str | list | tuple) else left
-            item = left if isinstance(left, str | list | tuple) else right
-            if isinstance(count, int) and count * max(_size(item), 1) > _MAX_BUILT:
+        if operator == "*" and (isinstance(left, _SEQUENCES) or isinstance(right, _SEQUENCES)):
+            count = right if isinstance(left, _SEQUENCES) else left
+            item = left if isinstance(left, _SEQUENCES) else right
+            if isinstance(count, int) and count * _size(item, _MAX_BUILT) > _MAX_BUILT:
+                raise SecurityError("the result would be too large")
+        if operator == "*" and _is_int(left) and _is_int(right) and left.bit_length() + right.bit_length() > 4096:
+            raise SecurityError("the result would be too large")
+        if operator == "+" and isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
+            if _size(left) + _size(right) > _MAX_RENDERED:
                 raise SecurityError("the result would be too large")
         if operator == "%" and isinstance(left, str):
             raise SecurityError("text formatting with % is not available; use ~ and the filters")
@@ -141,9 +283,12 @@ class _Environment(ImmutableSandboxedEnvironment):
         return self._track(obj, argument, super().getitem(obj, argument))
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 # While a single-expression template renders, its value is kept here instead of being made text.
 _captured: contextvars.ContextVar[list | None] = contextvars.ContextVar("gu1sync_template_value", default=None)
-_MAX_RENDERED = 1_000_000  # characters: no field of any action needs more
 
 
 @pass_eval_context  # (so that Jinja does not fold constant expressions with it at compile time)
@@ -187,6 +332,7 @@ class Template:
         except TemplateSyntaxError as exc:
             raise ValueError(f"template error on its line {exc.lineno}: {exc.message}") from None
         _refuse_private(tree)
+        _refuse_statements(tree)
         for name in _filters_used(tree):
             if name not in ENV.filters:
                 raise ValueError(f"unknown filter {name!r}; available: {', '.join(sorted(ENV.filters))}")
@@ -203,6 +349,8 @@ class Template:
             if node.name == "self":
                 raise ValueError("templates cannot use 'self'")
         self._single = _is_single_expression(tree)
+        tree = _Bounded().visit(tree)
+        tree.set_environment(ENV)
         self._template = ENV.from_string(tree)
 
     def __repr__(self) -> str:
@@ -217,6 +365,7 @@ class Template:
         token = _paths.set({id(value): name for name, value in context.items() if isinstance(value, dict | list)})
         box: list[Any] | None = [] if self._single else None
         captured = _captured.set(box)
+        loops = _loops_left.set([_MAX_LOOPS])
         try:
             text = self._template.render(**context)
             if box is None:
@@ -226,6 +375,8 @@ class Template:
             (value,) = box
             if isinstance(value, Undefined):
                 str(value)  # raises UndefinedError naming the path
+            if isinstance(value, str) and len(value) > _MAX_RENDERED:
+                raise TemplateError(f"the result is longer than {_MAX_RENDERED} characters")
             return _plain(value)
         except UndefinedError as exc:
             raise TemplateError(str(exc)) from None
@@ -236,6 +387,7 @@ class Template:
         except Exception as exc:  # noqa: BLE001 - becomes this action's recorded, permanent failure
             raise TemplateError(f"{type(exc).__name__}: {str(exc)[:200]}") from None
         finally:
+            _loops_left.reset(loops)
             _captured.reset(captured)
             _paths.reset(token)
 
@@ -268,6 +420,27 @@ def _refuse_private(tree: nodes.Node) -> None:
         name = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
         if isinstance(name, str) and name.startswith("_"):
             raise ValueError(f"templates cannot reach {name!r}: names starting with '_' are off limits")
+
+
+_STATEMENTS = {
+    nodes.Macro: "macro",
+    nodes.CallBlock: "call",
+    nodes.Include: "include",
+    nodes.Import: "import",
+    nodes.FromImport: "from ... import",
+    nodes.Extends: "extends",
+}
+
+
+def _refuse_statements(tree: nodes.Node) -> None:
+    """Macros, includes and recursive loops: what a value of an action never needs, and what can run away."""
+    for node in tree.find_all((*_STATEMENTS, nodes.For)):
+        if isinstance(node, nodes.For):
+            if node.recursive:
+                raise ValueError("recursive loops ({% for ... recursive %}) are not available in templates")
+            continue
+        keyword = _STATEMENTS[type(node)]
+        raise ValueError(f"{{% {keyword} %}} is not available in templates (on its line {node.lineno})")
 
 
 def _filters_used(tree: nodes.Node) -> Iterator[str]:
