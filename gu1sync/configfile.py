@@ -72,6 +72,17 @@ class _Loader(yaml.SafeLoader):
         super().__init__(stream)
         self.key_marks: dict[int, dict[Any, tuple[yaml.Mark, yaml.Mark]]] = {}
         self.duplicates: list[tuple[Any, yaml.Mark, yaml.Mark]] = []
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        """PyYAML's, refusing absurd nesting before Python's stack runs out (it composes recursively)."""
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, _TOO_DEEP, self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 _REPLACED = (
@@ -192,30 +203,63 @@ class Document:
         return node
 
 
+MAX_BYTES = 2 * 1024 * 1024  # the shipped config is 6 KB; anything near this is a mistake or an attack
 MAX_VALUES = 1_000_000  # a config is a few thousand values; aliases nested ten deep make billions
+MAX_DEPTH = 64  # a config nests about ten deep (rules[].actions[].slack.post.blocks[]...)
+_TOO_DEEP = f"the document nests more than {MAX_DEPTH} levels deep"
+_TOO_LARGE = (
+    f"this stands for more than {MAX_VALUES} values once its aliases (*name) are expanded; use fewer nested aliases"
+)
 
 
-def _expanded_size(data: Any) -> int:
-    """How many values `data` holds with every alias expanded (each shared object counted once per use)."""
-    sizes: dict[int, int] = {}
+def _measure(root: yaml.Node) -> tuple[str, yaml.Mark] | None:
+    """What is wrong with the size or depth of the document once every alias (and merge <<) is expanded.
 
-    def size(node: Any) -> int:
-        if not isinstance(node, dict | list):
-            return 1
-        if id(node) not in sizes:
-            sizes[id(node)] = 0  # a cycle (an alias to an ancestor) adds nothing more
-            children = node.values() if isinstance(node, dict) else node
-            sizes[id(node)] = min(1 + sum(size(child) for child in children), MAX_VALUES + 1)
-        return sizes[id(node)]
-
-    return size(data)
+    Walks the composed nodes, not the data: an alias is the same node, so each is measured once,
+    iteratively (the data can be deeper than Python's stack), before anything is constructed.
+    A node inside itself is left to PyYAML, which refuses it.
+    """
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth)
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        if not children_done:
+            if id(node) not in measured:
+                measured[id(node)] = (0, 0)  # until done: a cycle adds nothing
+                stack.append((node, True))
+                stack.extend((child, False) for child in children if id(child) not in measured)
+            continue
+        values = min(1 + sum(measured[id(c)][0] for c in children), MAX_VALUES + 1)
+        depth = 1 + max((measured[id(c)][1] for c in children), default=0)
+        measured[id(node)] = (values, depth)
+        if values > MAX_VALUES:
+            return _TOO_LARGE, node.start_mark
+        if depth > MAX_DEPTH:
+            return _TOO_DEEP + " once its aliases (*name) are expanded", node.start_mark
+    return None
 
 
 def parse_yaml(text: str, file: str) -> Document:
-    """Parse one YAML document; a syntax error or a duplicate key becomes a ConfigError."""
-    loader = _Loader(text)
+    """Parse one YAML document; a syntax error, a duplicate key, or a document too large becomes a ConfigError."""
+    if len(text) > MAX_BYTES or len(text.encode("utf-8", "replace")) > MAX_BYTES:
+        message = f"the file is larger than {MAX_BYTES // (1024 * 1024)} MiB; a config is a few kilobytes"
+        raise ConfigError([Problem(file, None, None, "", message)])
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:  # a control character (NUL...): refused before anything is parsed
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - text.rfind("\n", 0, exc.position)
+        message = f"unacceptable character #x{exc.character:04x}: special characters are not allowed"
+        raise ConfigError([Problem(file, line, column, "", message)]) from None
     try:
         node = loader.get_single_node()
+        wrong = _measure(node) if node is not None else None
+        if wrong is not None:
+            raise yaml.composer.ComposerError(None, None, wrong[0], wrong[1])
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
@@ -229,19 +273,6 @@ def parse_yaml(text: str, file: str) -> Document:
         raise ConfigError([Problem(file, None, None, "", f"not valid YAML: {exc}")]) from None
     finally:
         loader.dispose()
-    if _expanded_size(data) > MAX_VALUES:
-        raise ConfigError(
-            [
-                Problem(
-                    file,
-                    None,
-                    None,
-                    "",
-                    f"the file stands for more than {MAX_VALUES} values once its aliases "
-                    "(*name) are expanded; use fewer nested aliases",
-                )
-            ]
-        )
     root = (node.start_mark.line + 1, node.start_mark.column + 1) if node is not None else None
     doc = Document(file=file, data=data, marks=loader.key_marks, root_mark=root)
     doc.duplicates = [

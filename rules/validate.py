@@ -7,7 +7,6 @@ everything else (warnings do not stop start-up).
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from gu1sync import samples
 from gu1sync.configfile import ConfigError, Document, Problem, interpolate, parse_yaml
+from gu1sync.event import parse_json
 from gu1sync.schema import StrictModel, did_you_mean, problems_from
 
 from .model import ConfigTest
@@ -181,7 +181,7 @@ def _read_event(path: str) -> tuple[dict[str, Any], str | None]:
     except OSError as exc:
         return {}, f"cannot read {path}: {exc.strerror}"
     try:
-        data = json.loads(text) if path.endswith(".json") else parse_yaml(text, path).data
+        data = parse_json(text.encode()) if path.endswith(".json") else parse_yaml(text, path).data
     except (ValueError, ConfigError) as exc:
         return {}, f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}"
     if not isinstance(data, dict):

@@ -361,6 +361,16 @@ tests:
     ]
 
 
+def test_a_config_test_event_nested_absurdly_deep_is_a_config_error_not_a_traceback(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 5000 + "]" * 5000)
+    path = rules_config_with(tmp_path, f"\ntests:\n  - name: t\n    event: {deep}\n    expect:\n      matched: []\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path), environ=SECRETS)
+    [problem] = err.value.problems
+    assert problem.message.startswith(f"{deep} is not valid JSON")
+
+
 # -- JSON Schema ----------------------------------------------------------------------------------
 
 
