@@ -389,3 +389,91 @@ def backup(ctx: click.Context, destination: str) -> None:
         click.echo(f"backup failed: {exc}", err=True)
         sys.exit(1)
     click.echo(f"backed up {config.storage_path} to {destination}")
+
+
+def _older_than(text: str | None) -> float | None:
+    """Seconds from --older-than, which must carry a unit: a bare `90` would mean 90 seconds."""
+    import re
+
+    from .timeutil import parse_duration
+
+    if text is None:
+        return None
+    if not re.fullmatch(r"\s*\d+(\.\d+)?\s*(ms|s|m|h|d)\s*", text) or parse_duration(text) <= 0:
+        raise click.BadParameter(
+            f"{text!r} is not a duration with a unit, such as 90d or 12h", param_hint="--older-than"
+        )
+    return parse_duration(text)
+
+
+@cli.command()
+@click.option(
+    "--older-than",
+    "older_than",
+    help="Finished events idle for longer than this: 90d, 12h (default: storage.retention).",
+)
+@click.option(
+    "--subject",
+    help="Erase one data subject: every finished event whose subject or id field "
+    "(entity id, external id, validation id...) has this value, whatever its age.",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be purged; change nothing.")
+@click.option(
+    "--vacuum",
+    is_flag=True,
+    help="Then rebuild the file (VACUUM): once after upgrading; holds the write lock while it runs.",
+)
+@click.pass_context
+def purge(ctx: click.Context, older_than: str | None, subject: str | None, dry_run: bool, vacuum: bool) -> None:
+    """Remove the personal data of finished events: those older than the retention, or one subject's."""
+    from . import retention
+    from .store import Store, StoreUnavailable
+    from .timeutil import iso, utcnow
+
+    seconds = _older_than(older_than)
+    config = _config(ctx)
+    if subject is not None:
+        if older_than is not None:
+            raise click.UsageError("give --older-than or --subject, not both: an erasure ignores age")
+        try:
+            retention.check_subject(subject)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--subject") from None
+    elif seconds is None:
+        seconds = config.storage.retention
+        if seconds is None:
+            raise click.UsageError("storage.retention is keep: give --older-than DURATION, or --subject ID")
+    now = utcnow()
+    try:
+        store = Store(config.storage_path, config.storage.busy_timeout)
+        store.migrate()
+        if subject is not None:
+            result = retention.erase_subject(store, subject, now=now, dry_run=dry_run)
+            scope = "about the given id"
+        else:
+            cutoff = now - timedelta(seconds=seconds)
+            result = retention.purge_older_than(store, cutoff, now=now, dry_run=dry_run)
+            scope = f"idle since before {iso(cutoff)}"
+        vacuumed = retention.vacuum(store) if vacuum and not dry_run else None
+    except StoreUnavailable as exc:
+        click.echo(f"purge failed: {exc}", err=True)
+        sys.exit(1)
+    verb = "would purge" if dry_run else "purged"
+    click.echo(
+        f"{verb} {result.events} finished event(s) {scope}: their bodies, {result.evaluations} rule result(s), "
+        f"{result.actions} action(s) (rendered requests, errors), {result.attempts} attempt error(s); "
+        f"{result.marks} ordering mark(s), throttle window(s) and stale lock(s)"
+    )
+    if dry_run:
+        click.echo("nothing was changed (--dry-run)")
+    elif result.wal_truncated is False or vacuumed is False:
+        click.echo("the write-ahead log is still in use: run purge again later to clear old pages from it")
+    if result.unfinished:
+        click.echo(
+            f"{result.unfinished} event(s) {scope} are not finished (received, processing, failed, or with actions "
+            "pending, running or retrying) and were left as they are: let them finish (replay failed ones), "
+            "then run purge again",
+            err=True,
+        )
+        if subject is not None:
+            sys.exit(1)

@@ -13,7 +13,17 @@ from collections.abc import Mapping
 from pathlib import Path as FilePath
 from typing import Annotated, Literal
 
-from pydantic import Discriminator, Field, PrivateAttr, StringConstraints, Tag, ValidationError, field_validator
+from pydantic import (
+    BeforeValidator,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    Tag,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
 from connectors import ConnectorSettings
 from rules.model import DEFAULT_RETRY, ConfigTest, RetrySettings, Rule
@@ -33,6 +43,7 @@ from .schema import (
     problems_from,
     sort_problems,
 )
+from .timeutil import parse_duration
 
 MIB = 1024 * 1024
 
@@ -92,11 +103,49 @@ class StandardSource(_SourceBase):
 Source = Annotated[Gu1Source | KycWebhooksSource | StandardSource, Field(discriminator="kind")]
 
 
+DAY = 86400.0
+
+
+def _retention(value: object) -> float | None:
+    """`keep`, or a duration of at least a day (a bare number is seconds: `90` would purge after 90 s)."""
+    if isinstance(value, str) and value.strip() == "keep":
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        seconds = None
+    if seconds is None or seconds < DAY:
+        raise ValueError("expected keep, or a duration of at least 1d such as 90d (a bare number is seconds)")
+    return seconds
+
+
+Retention = Annotated[
+    float | None,
+    BeforeValidator(_retention),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"const": "keep"},
+                {"type": "number", "minimum": DAY},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)\s*$"},
+            ],
+            "description": "keep, or a duration of at least 1d: 90d, 2160h",
+        }
+    ),
+]
+
+
 class StorageSettings(StrictModel):
     """Where accepted events and their history are kept."""
 
     path: str = Field("var/gu1-sync.db", description="SQLite file; a relative path is relative to config.yaml.")
     busy_timeout: Duration = Field(5, description="How long to wait for a lock held by another process.")
+    retention: Retention = Field(
+        "90d",
+        validate_default=True,
+        description="How long the personal data of a finished event is kept (its body, the rules' reasons, "
+        "rendered requests, error texts); the audit trail of ids, statuses and outcomes stays. `keep`: forever.",
+    )
 
 
 class QueueSettings(StrictModel):

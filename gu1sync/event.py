@@ -127,11 +127,13 @@ class Event:
 
     @classmethod
     def from_row(cls, row: dict) -> Event:
-        """Rebuild an event from its stored row; the payload is read again from the raw bytes."""
+        """Rebuild an event from its stored row; the payload is read again from the raw bytes (None for an
+        event kept as invalid, or one whose body retention has purged)."""
         from .kinds import payload_of
 
         payload = None
-        if row["status"] != "invalid":  # invalid events are kept because they could not be read
+        # Invalid events are kept because they could not be read; purged ones have no body left.
+        if row["status"] != "invalid" and not row.get("purged_at"):
             payload = payload_of(row["kind"], parse_json(row["raw"]))
         names = {f for f in cls.__dataclass_fields__ if f != "payload"}
         return cls(payload=payload, **{k: row[k] for k in names if k in row})

@@ -158,5 +158,14 @@ def _migration_4(db: sqlite_utils.Database) -> None:
     db["attempts"].create_index(["action_id", "attempt"], unique=True)
 
 
+def _migration_5(db: sqlite_utils.Database) -> None:
+    # Retention: when an event's personal data was removed (its id, type, times and outcomes stay).
+    db["events"].add_column("purged_at", str)
+    # Retention looks for old events not purged yet; purged ones are most of the table after a while.
+    db.execute("CREATE INDEX idx_events_unpurged_received_at ON events (received_at, id) WHERE purged_at IS NULL")
+    # A purge deletes the ordering marks its events left.
+    db["record_versions"].create_index(["event_id"])
+
+
 # Append only: each entry moves the file from user_version N to N + 1.
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4]
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]

@@ -99,6 +99,11 @@ def format_trace(data: dict) -> str:
         + (f", config version {event['config_version']}" if event["config_version"] else "")
         + (f" ({event['error']})" if event["error"] else "")
     )
+    if event.get("purged_at"):
+        lines.append(
+            f"purged    {event['purged_at']}: its body, the rules' reasons, the action requests and the error "
+            "texts were removed (retention)"
+        )
     lines += ["", "rules"]
     for rule in data["rules"]:
         if rule["matched"]:
@@ -106,7 +111,7 @@ def format_trace(data: dict) -> str:
             key = f", throttle key {rule['throttle_key']!r}" if rule["throttle_key"] else ""
             lines.append(f"  matched  {rule['rule']}{mode}{key}" + (f": {rule['error']}" if rule["error"] else ""))
         else:
-            lines.append(f"  no       {rule['rule']}: {rule['reason']}")
+            lines.append(f"  no       {rule['rule']}: {rule['reason'] or '-'}")
     if not data["rules"]:
         lines.append("  (not evaluated yet)")
     lines += ["", "actions"]

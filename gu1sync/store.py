@@ -81,6 +81,8 @@ class Store:
             # FULL: a commit is on disk before the 2xx leaves, even if the machine loses power.
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
+            # Freed space is zeroed, so that a rewritten row or a purged body leaves no copy behind.
+            conn.execute("PRAGMA secure_delete=ON")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         return db
