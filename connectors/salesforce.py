@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from typing import Annotated, Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 from pydantic import Field, model_validator
@@ -98,10 +98,24 @@ class TimeoutSession(requests.Session):
     def __init__(self, timeout: float):
         super().__init__()
         self.timeout = timeout
+        self._environment: dict[tuple, dict[str, Any]] = {}
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         kwargs.setdefault("timeout", self.timeout)
         return super().request(method, url, **kwargs)
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # noqa: ANN001, ANN201 - requests'
+        # requests reads the proxy and CA bundle variables afresh on every request, which costs more
+        # than the rest of an upsert; a worker's environment does not change, so once per host will do.
+        if proxies or not self.trust_env:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        key = (*urlsplit(url)[:2], stream, verify, cert)
+        settings = self._environment.get(key)
+        if settings is None:
+            if len(self._environment) > 32:  # a handful of hosts is all a session talks to
+                self._environment.clear()
+            settings = self._environment[key] = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        return {**settings, "proxies": dict(settings["proxies"])}
 
 
 def _error_code(content: Any) -> str | None:
