@@ -13,17 +13,29 @@ import sys
 from flask import Flask
 
 from gu1sync.config import Config, ConfigError, load_config
+from gu1sync.delivery import event_job_limit
+from gu1sync.groupcommit import GroupCommit
 from gu1sync.kinds import kind_for
-from gu1sync.queue import EventQueue
+from gu1sync.queue import BackgroundEnqueuer, EventQueue
 from gu1sync.receiver import Services, blueprint, install_error_handlers
 from gu1sync.store import Store
 from gu1sync.timeutil import Clock, utcnow
 
 
 def create_app(
-    config: Config, *, store: Store | None = None, queue: EventQueue | None = None, clock: Clock = utcnow
+    config: Config,
+    *,
+    store: Store | None = None,
+    queue: EventQueue | None = None,
+    clock: Clock = utcnow,
+    server: bool = False,
 ) -> Flask:
-    """Build the receiver for `config`; `store`, `queue` and `clock` may be given by tests."""
+    """Build the receiver for `config`; `store`, `queue` and `clock` may be given by tests.
+
+    `server=True` (gunicorn): the requests that arrive together share one commit, and events are put
+    on the RQ queue by a thread, many per round trip. Otherwise (tests, the CLI) each request commits
+    and queues its own event before it answers.
+    """
     app = Flask("gu1sync")
     app.config["MAX_CONTENT_LENGTH"] = config.receiver.max_body_bytes + 1  # see receiver._read_body
     app.json.sort_keys = False
@@ -32,8 +44,17 @@ def create_app(
     store.migrate()
     if queue is None:
         queue = EventQueue(config.queue.redis_url, config.queue.name, store, clock)
+    queue.event_timeout = event_job_limit(config)
     kinds = {name: kind_for(source) for name, source in config.sources.items()}
-    app.extensions["gu1sync"] = Services(config=config, store=store, queue=queue, clock=clock, kinds=kinds)
+    app.extensions["gu1sync"] = Services(
+        config=config,
+        store=store,
+        queue=queue,
+        clock=clock,
+        kinds=kinds,
+        committer=GroupCommit(store) if server else None,
+        enqueuer=BackgroundEnqueuer(queue) if server else None,
+    )
     app.register_blueprint(blueprint)
     install_error_handlers(app)
     return app
@@ -47,7 +68,7 @@ def wsgi() -> Flask:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
-    return create_app(config)
+    return create_app(config, server=True)
 
 
 def main() -> None:

@@ -163,7 +163,7 @@ def serve(ctx: click.Context, bind: str, workers: int, threads: int) -> None:
                     "config has %d error(s); keeping version %s:\n%s", len(exc.errors), config.digest, exc
                 )
                 fresh = config
-            return create_app(fresh)
+            return create_app(fresh, server=True)
 
     Server().run()
 

@@ -1,6 +1,9 @@
-"""Delivering actions: one RQ job per attempt, each action on its own.
+"""Delivering actions: each attempt of each action on its own.
 
-An action is claimed under a lease, carried out by its connector, and recorded: `done`, `retrying`
+An action's first attempt is made by the job that processed its event, straight away (one RQ job
+per event, not one per action: RQ's own cost per job is the largest cost there is); every later
+attempt is an RQ job of its own. An action is claimed under a lease, carried out by its connector,
+and recorded: `done`, `retrying`
 (the next attempt is a job scheduled in Redis after an exponential, jittered back-off; nothing
 sleeps in a worker), or `dead` (permanent, or out of attempts) with its last error, its rendered
 request and every attempt kept for `replay`.
@@ -56,6 +59,15 @@ def limits(config: Any, action_type: str) -> tuple[float, float]:
     return job_limit + timeout + 10, job_limit
 
 
+EVENT_JOB_SLACK = 30.0  # seconds an event's job may spend on its batch on top of one attempt's limit
+
+
+def event_job_limit(config: Any) -> float:
+    """The RQ time limit of an event's job: enough for one first attempt of the slowest connector
+    and the rest of a batch; first attempts that would not fit in what is left go to jobs of their own."""
+    return max(limits(config, f"{name}.any")[1] for name in ("salesforce", "slack")) + EVENT_JOB_SLACK
+
+
 @dataclass
 class Attempt:
     """One attempt of one action, from claim to record."""
@@ -65,6 +77,7 @@ class Attempt:
     connector: Connector
     lease: float
     job_limit: float
+    event: Event | None = None  # the action's event, when the caller has it at hand
 
     @property
     def holder(self) -> str:
@@ -74,7 +87,7 @@ class Attempt:
     def run(self) -> dict:
         action, ctx = self.action, self.ctx
         started = time.perf_counter()
-        event = ctx.store.event(action["event_id"])
+        event = self.event if self.event is not None else ctx.store.event(action["event_id"])
         params: dict[str, Any] = action["params"]
         meta = ActionMeta(action["id"], action["event_id"], action["rule"])
         if self.connector.dry_run:
@@ -157,7 +170,7 @@ class Attempt:
             job_id=job_id,
             count_attempt=count,
         )
-        if not self.ctx.queue.enqueue_action(action["id"], job_id, delay=delay, timeout=self.lease):
+        if not self.ctx.queue.enqueue_action(action["id"], job_id, delay=delay, timeout=self.job_limit):
             log.warning("action=%s: retry not queued (Redis); the sweep will queue it when due", action["id"])
         return {"action": action["id"], "outcome": outcome, "retry_in": round(delay, 1)}
 
@@ -190,20 +203,41 @@ def run_action(action_id: str) -> dict:
     from .worker import context
 
     ctx = context()
-    config = ctx.config
-    row = ctx.actions.get(action_id)
-    if row is None:
-        log.warning("action=%s: no such action", action_id)
-        return {"action": action_id, "skipped": True}
-    connector = ctx.connectors.get(row["type"], config.connectors)
-    lease, job_limit = limits(config, row["type"])
+    return attempt(ctx, ctx.config, action_id)
+
+
+def attempt(
+    ctx: Any,
+    config: Any,
+    action_id: str,
+    *,
+    action_type: str | None = None,
+    event: Event | None = None,
+    killed_within: float | None = None,
+) -> dict:
+    """One attempt of one action, in the job that calls it (`action_type` and `event` when known).
+
+    `killed_within`: the seconds left before RQ stops the calling job, when that job is not the
+    attempt's own; the lease then lasts until after that moment, so that no second attempt can
+    start while this one may still be running.
+    """
+    if action_type is None:
+        row = ctx.actions.get(action_id)
+        if row is None:
+            log.warning("action=%s: no such action", action_id)
+            return {"action": action_id, "skipped": True}
+        action_type = row["type"]
+    connector = ctx.connectors.get(action_type, config.connectors)
+    lease, job_limit = limits(config, action_type)
+    if killed_within is not None:
+        lease = max(lease, killed_within + 10)
     action = ctx.actions.claim(action_id, lease)
     if action is None:
-        log.info("skip action=%s: status %s", action_id, row["status"])
+        log.info("skip action=%s: not due (done, dead, running or waiting for its retry)", action_id)
         return {"action": action_id, "skipped": True}
     if action["interrupted"]:
         log.warning("action=%s: its previous attempt was interrupted (worker stopped); trying again", action_id)
-    return Attempt(ctx, action, connector, lease, job_limit).run()
+    return Attempt(ctx, action, connector, lease, job_limit, event).run()
 
 
 def replay(

@@ -10,10 +10,13 @@ sweeps never put the same work on the queue twice.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from queue import Empty, SimpleQueue
 
 from redis import Redis
 from redis.backoff import NoBackoff
@@ -32,6 +35,9 @@ log = logging.getLogger(__name__)
 PROCESS_EVENT = "gu1sync.worker.process_event"
 RUN_ACTION = "gu1sync.delivery.run_action"
 RESULT_TTL = 24 * 3600  # a finished job's hash stays this long; `unique` refuses a second enqueue meanwhile
+# A failed job keeps its traceback, whose last line may quote event data: a week, not RQ's year. The
+# work itself is in SQLite (`failed` events, dead actions), where retention reaches it.
+FAILURE_TTL = 7 * 24 * 3600
 # Job states that mean nobody is on it: no job at all, or one that ended.
 NOT_LIVE = {
     None,
@@ -85,14 +91,25 @@ class EventQueue:
         self.redis = connection or redis_client(redis_url, connect_timeout=connect_timeout, timeout=timeout)
         self.queue = Queue(name, connection=self.redis, serializer=JSONSerializer)
         self._down_until = 0.0
-        # The RQ time limit of an action's job, by action type (the worker sets it from the config).
+        # The RQ time limits of an event's job, and of an action's job by action type (set from the config).
+        self.event_timeout: float | None = None
         self.action_timeout: Callable[[str], float | None] = lambda action_type: None
+        # Takes a queued job off the queue, atomically: only a job nobody has started can be taken.
+        self._take = self.redis.register_script(
+            "if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('DEL', KEYS[2]) return 1 end return 0"
+        )
 
     def _put(self, function: str, argument: str, job_id: str, delay: float = 0, timeout: float | None = None) -> None:
         """One unique job; DuplicateJobError when a job of that id still exists."""
         if delay <= 0:
             self.queue.enqueue_call(
-                function, args=(argument,), job_id=job_id, unique=True, result_ttl=RESULT_TTL, timeout=timeout
+                function,
+                args=(argument,),
+                job_id=job_id,
+                unique=True,
+                result_ttl=RESULT_TTL,
+                failure_ttl=FAILURE_TTL,
+                timeout=timeout,
             )
             return
         job = self.queue.create_job(
@@ -100,6 +117,7 @@ class EventQueue:
             args=(argument,),
             job_id=job_id,
             result_ttl=RESULT_TTL,
+            failure_ttl=FAILURE_TTL,
             timeout=timeout,
             status=JobStatus.SCHEDULED,
         )
@@ -134,7 +152,50 @@ class EventQueue:
 
     def enqueue(self, event_id: str) -> bool:
         """Queue the event's job (its id is the event id)."""
-        return self._guarded(PROCESS_EVENT, event_id, event_id)
+        return self._guarded(PROCESS_EVENT, event_id, event_id, timeout=self.event_timeout)
+
+    def enqueue_many(self, event_ids: list[str]) -> bool:
+        """Queue several events' jobs in one round trip; False when Redis is unreachable.
+
+        Not `unique` (RQ cannot be, many at a time): for events just stored, no job can exist yet
+        but one a sweep made in the meantime, and a second job for an event finds it claimed.
+        """
+        if time.monotonic() < self._down_until:
+            return False
+        datas = [
+            Queue.prepare_data(
+                PROCESS_EVENT,
+                args=(event_id,),
+                job_id=event_id,
+                result_ttl=RESULT_TTL,
+                failure_ttl=FAILURE_TTL,
+                timeout=self.event_timeout,
+            )
+            for event_id in event_ids
+        ]
+        try:
+            with self.redis.pipeline() as pipe:
+                self.queue.enqueue_many(datas, pipeline=pipe)
+                pipe.execute()
+        except RedisError as exc:
+            if time.monotonic() >= self._down_until:
+                log.warning(
+                    "redis unreachable at %s (%s); work stays in SQLite until the sweep queues it",
+                    redact(self.redis_url),
+                    type(exc).__name__,
+                )
+            self._down_until = time.monotonic() + self.cooldown
+            return False
+        self._down_until = 0.0
+        return True
+
+    def discard_event_job(self, event_id: str) -> bool:
+        """Take the event's job off the queue if it is still waiting there (a batch has processed the
+        event in its place); a job already started, or never queued, is left alone. False then."""
+        try:
+            return bool(self._take(keys=[self.queue.key, Job.key_for(event_id)], args=[event_id]))
+        except RedisError:
+            return False  # the job will run, find the event processed, and do nothing
 
     def enqueue_action(self, action_id: str, job_id: str, delay: float = 0, timeout: float | None = None) -> bool:
         """Queue an action's attempt, now or after `delay` seconds."""
@@ -160,7 +221,8 @@ class EventQueue:
     def requeue_event(self, event_id: str) -> tuple[bool, str | None]:
         """Queue an event's job unless a live one exists: (queued, the state of the job found)."""
         [state] = self._job_states([event_id])
-        return state in NOT_LIVE and self._requeue(PROCESS_EVENT, event_id, event_id, state), state
+        queued = state in NOT_LIVE and self._requeue(PROCESS_EVENT, event_id, event_id, state, self.event_timeout)
+        return queued, state
 
     def sweep(self, grace: float = 5.0) -> list[str]:
         """Queue every unfinished event and every due action that has no live job; return their ids.
@@ -176,7 +238,7 @@ class EventQueue:
         queued = []
         for events in self.store.unfinished(received_before=self.clock() - timedelta(seconds=grace)):
             for event_id, state in zip(events, self._job_states(events), strict=True):  # one round trip a page
-                if state in NOT_LIVE and self._requeue(PROCESS_EVENT, event_id, event_id, state):
+                if state in NOT_LIVE and self._requeue(PROCESS_EVENT, event_id, event_id, state, self.event_timeout):
                     queued.append(event_id)
         for rows in actions.due(grace):
             # A running action's next job is its next attempt; a pending or retrying one has its job named.
@@ -201,3 +263,64 @@ class EventQueue:
             return bool(self.redis.ping())
         except RedisError:
             return False
+
+
+class BackgroundEnqueuer:
+    """Queues the receiver's events from a thread of its own: a request answers as soon as its event
+    is committed to SQLite, and RQ's cost per job is paid per burst, not per event.
+
+    A job takes the next stored events after its own (worker.process_event) and, when it stops with
+    some still waiting, queues the next one's job: so a job queued after an event was committed is
+    enough to get that event processed. This thread queues a job for each event as it comes, but at
+    most one per RING_INTERVAL: an event that comes sooner waits for the end of that interval, and
+    the newest event of those that came meanwhile then gets the job.
+
+    Nothing can be lost here: every event is in SQLite already. Ids still in memory when the process
+    dies, or handed over while Redis is down, are queued by the workers' sweep.
+    """
+
+    RING_INTERVAL = 0.005
+
+    def __init__(self, queue: EventQueue):
+        self.queue = queue
+        self._ids: SimpleQueue[str | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="gu1sync-enqueuer", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def enqueue(self, event_id: str) -> None:
+        """Hand an event over to be queued in a moment."""
+        self._ids.put(event_id)
+
+    def _run(self) -> None:
+        rung = 0.0
+        while True:
+            newest = self._ids.get()
+            if newest is None:
+                return
+            closing = False
+            while (left := rung + self.RING_INTERVAL - time.monotonic()) > 0:
+                try:
+                    more = self._ids.get(timeout=left)
+                except Empty:
+                    break
+                if more is None:
+                    closing = True
+                    break
+                newest = more
+            self._ring(newest)
+            rung = time.monotonic()
+            if closing:
+                return
+
+    def _ring(self, event_id: str) -> None:
+        try:
+            self.queue.enqueue_many([event_id])
+        except Exception:  # the thread must outlive anything; the sweep queues what this missed
+            log.exception("could not queue event %s; the sweep will queue it", event_id)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Queue what has been handed over (waiting at most `timeout` seconds), then stop."""
+        if self._thread.is_alive():
+            self._ids.put(None)
+            self._thread.join(timeout)

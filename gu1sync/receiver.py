@@ -17,8 +17,9 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from .config import Config
 from .errors import BadRequest, HTTPProblem, NotFound, PayloadTooLarge, ServiceUnavailable
 from .event import Event, body_digest, event_id, make_event, parse_json
+from .groupcommit import GroupCommit
 from .kinds import Kind
-from .queue import EventQueue
+from .queue import BackgroundEnqueuer, EventQueue
 from .store import INVALID, Store, StoreUnavailable
 from .timeutil import Clock, iso
 
@@ -46,6 +47,10 @@ class Services:
     queue: EventQueue
     clock: Clock
     kinds: dict[str, Kind]
+    # In a server: events are committed together (one sync for the requests that came together) and
+    # queued from a thread, many per round trip. Elsewhere each is committed and queued on its own.
+    committer: GroupCommit | None = None
+    enqueuer: BackgroundEnqueuer | None = None
 
 
 def services() -> Services:
@@ -120,7 +125,13 @@ def receive(source_name: str):
         raise problem from None
 
     new = _store(svc, event)
-    queued = svc.queue.enqueue(event.id) if new else None
+    if not new:
+        queued = "-"
+    elif svc.enqueuer is not None:
+        svc.enqueuer.enqueue(event.id)
+        queued = "soon"
+    else:
+        queued = str(svc.queue.enqueue(event.id)).lower()
     log.info(
         "accepted event=%s source=%s type=%s secret=%s duplicate=%s queued=%s ms=%.1f",
         event.id,
@@ -128,7 +139,7 @@ def receive(source_name: str):
         printable(event.type),
         secret,
         str(not new).lower(),
-        "-" if queued is None else str(queued).lower(),
+        queued,
         (time.perf_counter() - started) * 1000,
     )
     return jsonify(id=event.id, duplicate=not new), 202 if new else 200
@@ -136,7 +147,8 @@ def receive(source_name: str):
 
 def _store(svc: Services, event: Event) -> bool:
     try:
-        return svc.store.record(event, _kept_headers(request))
+        recorder = svc.committer or svc.store
+        return recorder.record(event, _kept_headers(request))
     except StoreUnavailable as exc:
         log.error("cannot store event=%s source=%s: %s", event.id, event.source, exc)
         raise ServiceUnavailable("storage_unavailable", "the event could not be stored; retry later") from None

@@ -52,13 +52,24 @@ class StoreUnavailable(Exception):
 
 
 class Store:
-    """The SQLite file, with one connection per thread and per process (connections never cross a fork)."""
+    """The SQLite file, with one connection per thread and per process (connections never cross a fork).
 
-    def __init__(self, path: str, busy_timeout: float = 5.0, clock: Clock = utcnow):
+    `durable=True` (the receiver) syncs every commit to disk before it returns: an accepted event
+    survives a power cut. The workers open it with `durable=False`: their commits survive a crash of
+    any process, and reach the disk at the next durable commit or checkpoint; a power cut can undo the
+    last moments of their bookkeeping, which then runs again (events and actions are idempotent; a
+    Slack post may repeat). That is what lets one worker process handle hundreds of events a second.
+    """
+
+    def __init__(self, path: str, busy_timeout: float = 5.0, clock: Clock = utcnow, *, durable: bool = True):
         self.path = path
         self.busy_timeout = busy_timeout
         self.clock = clock
+        self.synchronous = "FULL" if durable else "NORMAL"
         self._local = threading.local()
+        # Threads of one process take turns to write here, not by SQLite's busy handler, which sleeps
+        # a millisecond or more each time it finds the file locked.
+        self._writing = threading.RLock()
 
     # -- connections and transactions -------------------------------------------------------------
 
@@ -79,7 +90,7 @@ class Store:
             db = sqlite_utils.Database(conn, execute_plugins=False)
             self._wal(db)
             # FULL: a commit is on disk before the 2xx leaves, even if the machine loses power.
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
             # Freed space is zeroed, so that a rewritten row or a purged body leaves no copy behind.
             conn.execute("PRAGMA secure_delete=ON")
@@ -105,21 +116,44 @@ class Store:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that takes the lock up front (BEGIN IMMEDIATE) and commits on exit."""
         conn = self.db.conn
+        with self._writing:
+            try:
+                self._begin(conn)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(str(exc)) from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreUnavailable(str(exc)) from exc
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting for another process's write as long as the busy timeout allows.
+
+        SQLite's own busy handler sleeps 1 ms, then 2, 5, 10 and more between tries: far longer than
+        a write here holds the lock (a fraction of a millisecond), so two busy processes would spend
+        most of their time asleep. This one tries again after 50 µs, doubling up to 5 ms.
+        """
+        conn.execute("PRAGMA busy_timeout=0")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StoreUnavailable(str(exc)) from exc
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            delay, deadline = 0.00005, time.monotonic() + self.busy_timeout
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                        raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.0005)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
 
     def migrate(self) -> int:
         """Bring the file's schema up to date; safe to run from several processes at once."""
@@ -137,35 +171,42 @@ class Store:
 
         One transaction: when this returns, the event and its delivery are committed.
         """
+        return self.record_many([(event, headers)])[0]
+
+    def record_many(self, deliveries: list[tuple[Event, dict[str, str]]]) -> list[bool]:
+        """`record` for several deliveries in one transaction (one sync to disk); new or not, each."""
+        out = []
         with self.transaction() as conn:
-            cursor = conn.execute(
-                """INSERT INTO events (id, dedupe_key, source, kind, environment, type, subject, occurred_at,
-                                       received_at, secret, raw, status, error)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT(id) DO NOTHING""",
-                (
-                    event.id,
-                    event.dedupe_key,
-                    event.source,
-                    event.kind,
-                    event.environment,
-                    event.type,
-                    event.subject,
-                    event.occurred_at,
-                    event.received_at,
-                    event.secret,
-                    event.raw,
-                    event.status,
-                    event.error,
-                ),
-            )
-            new = cursor.rowcount == 1
-            conn.execute(
-                """INSERT INTO deliveries (event_id, source, received_at, secret, duplicate, headers)
-                   VALUES (?, ?, ?, ?, ?, ?)""",
-                (event.id, event.source, event.received_at, event.secret, int(not new), json.dumps(headers)),
-            )
-        return new
+            for event, headers in deliveries:
+                cursor = conn.execute(
+                    """INSERT INTO events (id, dedupe_key, source, kind, environment, type, subject, occurred_at,
+                                           received_at, secret, raw, status, error)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT(id) DO NOTHING""",
+                    (
+                        event.id,
+                        event.dedupe_key,
+                        event.source,
+                        event.kind,
+                        event.environment,
+                        event.type,
+                        event.subject,
+                        event.occurred_at,
+                        event.received_at,
+                        event.secret,
+                        event.raw,
+                        event.status,
+                        event.error,
+                    ),
+                )
+                new = cursor.rowcount == 1
+                conn.execute(
+                    """INSERT INTO deliveries (event_id, source, received_at, secret, duplicate, headers)
+                       VALUES (?, ?, ?, ?, ?, ?)""",
+                    (event.id, event.source, event.received_at, event.secret, int(not new), json.dumps(headers)),
+                )
+                out.append(new)
+        return out
 
     def count_rejection(self, source: str, reason: str, status: int) -> None:
         """Add one to the count of rejections for (source, reason)."""
@@ -176,7 +217,7 @@ class Store:
         try:
             self._count(now, source, reason, status)
         finally:
-            self.db.conn.execute("PRAGMA synchronous=FULL")
+            self.db.conn.execute(f"PRAGMA synchronous={self.synchronous}")
 
     def _count(self, now: str, source: str, reason: str, status: int) -> None:
         with self.transaction() as conn:
@@ -215,6 +256,31 @@ class Store:
                 return None
         return self.event(event_id)
 
+    def claim_next(self, cooldown: float = 30.0) -> Event | None:
+        """Claim the oldest event waiting to be processed, if any; None when there is none.
+
+        An event whose last processing failed less than `cooldown` seconds ago is left for later, so
+        that a batch does not spend an event's attempts on it in a row.
+        """
+        now = self.clock()
+        with self.transaction() as conn:
+            row = conn.execute(
+                """UPDATE events SET status = ?, started_at = ?, attempts = attempts + 1
+                   WHERE id = (SELECT id FROM events
+                               WHERE status = ? AND (error IS NULL OR started_at IS NULL OR started_at < ?)
+                               ORDER BY received_at, id LIMIT 1)
+                   RETURNING id""",
+                (PROCESSING, iso(now), RECEIVED, iso(now - timedelta(seconds=cooldown))),
+            ).fetchone()
+        return self.event(row[0]) if row else None
+
+    def next_waiting(self) -> str | None:
+        """The id of the oldest event waiting to be processed (what claim_next would take), if any."""
+        row = self.db.execute(
+            "SELECT id FROM events WHERE status = ? AND error IS NULL ORDER BY received_at, id LIMIT 1", (RECEIVED,)
+        ).fetchone()
+        return row[0] if row else None
+
     def release(self, event_id: str, error: str, max_attempts: int = EVENT_ATTEMPTS) -> str:
         """Give back a claim whose processing failed: `received` to be tried again, or `failed` once
         it has failed `max_attempts` times. Returns the new status."""
@@ -236,10 +302,10 @@ class Store:
             )
             return cursor.rowcount == 1
 
-    def record_evaluation(self, event_id: str, results: list[RuleResult], config_version: str) -> list[str]:
+    def record_evaluation(self, event_id: str, results: list[RuleResult], config_version: str) -> list[tuple[str, str]]:
         """Record what each rule made of an event and its actions, and finish the event; one transaction.
 
-        Live actions are stored `pending` (their ids are returned), shadow ones `shadow`, those of
+        Live actions are stored `pending` (their (id, type) pairs are returned), shadow ones `shadow`, those of
         a throttled rule `throttled`, and those that could not be rendered `dead`. Recording twice
         changes nothing that was recorded the first time.
         """
@@ -302,7 +368,7 @@ class Store:
                         ),
                     )
                     if cursor.rowcount == 1 and status == PENDING:
-                        pending.append(identifier)
+                        pending.append((identifier, action.type))
             matched = any(result.matched for result in results)
             conn.execute(
                 """UPDATE events SET status = ?, outcome = ?, error = NULL, finished_at = ?, config_version = ?

@@ -13,10 +13,12 @@ import random
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
-from rq import Queue, SimpleWorker
+from rq import Queue, SimpleWorker, get_current_job
 from rq.serializers import JSONSerializer
 from rq.worker_pool import WorkerPool
 
@@ -26,9 +28,12 @@ from rules.engine import evaluate
 from . import logs
 from .actionlog import ActionLog
 from .config import Config, ConfigError, load_config
-from .delivery import limits
+from .delivery import attempt, event_job_limit, limits
+from .event import Event
 from .queue import EventQueue, redact, redis_client
+from .retention import run_retention
 from .store import Store, StoreUnavailable, first_job
+from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +101,11 @@ class WorkerContext:
     @classmethod
     def from_config(cls, config: Config, connectors: Connectors | None = None) -> WorkerContext:
         """Open the store and the queue described by `config`."""
-        store = Store(config.storage_path, config.storage.busy_timeout)
+        store = Store(config.storage_path, config.storage.busy_timeout, durable=False)
         store.migrate()
         queue = EventQueue(config.queue.redis_url, config.queue.name, store, cooldown=0)
         ctx = cls(ConfigWatcher(config), store, queue, ActionLog(store), connectors or Connectors())
+        queue.event_timeout = event_job_limit(config)
         queue.action_timeout = lambda action_type: limits(ctx.config, action_type)[1]
         return ctx
 
@@ -126,41 +132,155 @@ def use_context(ctx: WorkerContext | None) -> None:
     _context = ctx
 
 
+# A job that has processed its own event goes on with the next stored ones, for this long at most:
+# under load, one RQ job carries a batch of events instead of one each (RQ's own cost per job is
+# several times the cost of processing an event), and the jobs of the events it took are dropped.
+BATCH_SECONDS = 0.5
+BATCH_EVENTS = 200
+
+
+class JobClock:
+    """How long the RQ job running now may still run (None outside RQ: no limit)."""
+
+    def __init__(self) -> None:
+        job = get_current_job()
+        self.started = time.monotonic()
+        self.limit: float | None = float(job.timeout) if job is not None and job.timeout else None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def remaining(self) -> float | None:
+        return None if self.limit is None else self.limit - self.elapsed()
+
+    def fits(self, seconds: float) -> bool:
+        """Whether something that may take `seconds` ends well before RQ stops this job."""
+        remaining = self.remaining()
+        return remaining is None or remaining >= seconds + 5
+
+
 def process_event(event_id: str) -> dict:
-    """RQ job: run the rules on one stored event and record what they made of it.
+    """RQ job: run the rules on one stored event, record what they made of it, and make its actions'
+    first attempts; then the same for the next stored events, while the job is young (a batch).
 
     Running it twice for one event does nothing the second time.
     """
     ctx = context()
+    clock = JobClock()
+    first_attempts = FirstAttempts(ctx, clock)
+    try:
+        event = ctx.store.claim(event_id)
+        if event is None:
+            log.info("skip event=%s: already processed or being processed", event_id)
+            own = None
+        else:
+            own = _process(ctx, event, first_attempts)  # a failure fails the job: its traceback is in RQ's log
+        batch, exhausted = 0, False
+        while batch < BATCH_EVENTS and clock.elapsed() < BATCH_SECONDS:
+            event = ctx.store.claim_next()
+            if event is None:
+                exhausted = True
+                break
+            batch += 1
+            ctx.queue.discard_event_job(event.id)
+            try:
+                _process(ctx, event, first_attempts)
+            except Exception:  # logged and given back by _process; its own job is gone, the sweep queues it
+                exhausted = True
+                break
+        if not exhausted and (waiting := ctx.store.next_waiting()) is not None:
+            # Stored events may have no job of their own (the receiver queues one per burst): the
+            # next job goes on from where this one stopped.
+            ctx.queue.enqueue(waiting)
+    finally:
+        first_attempts.wait()
+    result: dict = {"event": event_id, "batch": batch}
+    if own is None:
+        result["skipped"] = True
+    else:
+        result.update(own)
+    return result
+
+
+def _process(ctx: WorkerContext, event: Event, first_attempts: FirstAttempts) -> dict:
+    """Evaluate and record one claimed event, and hand its actions' first attempts over."""
     config = ctx.config
-    event = ctx.store.claim(event_id)
-    if event is None:
-        log.info("skip event=%s: already processed or being processed", event_id)
-        return {"event": event_id, "skipped": True}
     try:
         results = evaluate(config.rules, event)
-        pending = ctx.store.record_evaluation(event_id, results, config.digest)
+        pending = ctx.store.record_evaluation(event.id, results, config.digest)
     except Exception as exc:
         # Give the claim back, so the event goes again (the sweep re-queues it), or stops as `failed`
-        # after a few tries; the job fails too, with the traceback in RQ's log.
-        status = ctx.store.release(event_id, f"{type(exc).__name__}: {exc}")
-        log.error("event=%s: processing failed (%s); the event is %s now", event_id, type(exc).__name__, status)
+        # after a few tries.
+        status = ctx.store.release(event.id, f"{type(exc).__name__}: {exc}")
+        log.error("event=%s: processing failed (%s); the event is %s now", event.id, type(exc).__name__, status)
         raise
-    types = {a["id"]: a["type"] for a in ctx.store.actions(event_id)}
-    for action_id in pending:  # each action is its own job, retried on its own
-        limit = limits(config, types[action_id])[1]
-        if not ctx.queue.enqueue_action(action_id, first_job(action_id), timeout=limit):
-            log.warning("action=%s not queued (Redis); the sweep will queue it", action_id)
     matched = [r.rule for r in results if r.matched]
     log.info(
         "processed event=%s type=%s config=%s matched=%s actions_pending=%d",
-        event_id,
+        event.id,
         event.type,
         config.digest,
         ",".join(matched) or "-",
         len(pending),
     )
-    return {"event": event_id, "matched": matched, "pending": pending}
+    for action_id, action_type in pending:
+        first_attempts.submit(config, action_id, action_type, event)
+    return {"matched": matched, "pending": [action_id for action_id, _ in pending]}
+
+
+ATTEMPT_THREADS = 4  # first attempts in flight at once, per worker process
+_executor: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _attempt_threads() -> ThreadPoolExecutor:
+    """This process's threads for first attempts (a forked worker makes its own)."""
+    global _executor
+    if _executor is None or _executor[0] != os.getpid():
+        _executor = (os.getpid(), ThreadPoolExecutor(ATTEMPT_THREADS, thread_name_prefix="gu1sync-attempt"))
+    return _executor[1]
+
+
+class FirstAttempts:
+    """The first attempts of a job's actions, made by a few threads while the job goes on with its
+    batch: an event's wait on Salesforce does not hold up the next event, nor its own Slack post.
+    The job waits for all of them before it ends, so RQ's time limit still covers every attempt."""
+
+    def __init__(self, ctx: WorkerContext, clock: JobClock):
+        self.ctx = ctx
+        self.clock = clock
+        self.futures: list[Future] = []
+
+    def submit(self, config: Config, action_id: str, action_type: str, event: Event) -> None:
+        """Make the attempt soon; a job that runs too far ahead of its attempts waits for them."""
+        self.ctx.connectors.get(action_type, config.connectors)  # built here, not by two threads at once
+        while sum(not future.done() for future in self.futures) >= 2 * ATTEMPT_THREADS:
+            wait(self.futures, return_when=FIRST_COMPLETED)
+        self.futures.append(_attempt_threads().submit(self._run, config, action_id, action_type, event))
+
+    def _run(self, config: Config, action_id: str, action_type: str, event: Event) -> None:
+        job_limit = limits(config, action_type)[1]
+        if self.clock.fits(job_limit):
+            try:
+                attempt(
+                    self.ctx,
+                    config,
+                    action_id,
+                    action_type=action_type,
+                    event=event,
+                    killed_within=self.clock.remaining(),
+                )
+                return
+            except (StoreUnavailable, sqlite3.Error, RedisError) as exc:
+                log.warning("action=%s: first attempt not made (%s: %s)", action_id, type(exc).__name__, exc)
+            except Exception:
+                log.exception("action=%s: first attempt failed unexpectedly", action_id)
+        # A job of its own then, as every retry is; a claimed action's job waits for its lease to end.
+        if not self.ctx.queue.enqueue_action(action_id, first_job(action_id), timeout=job_limit):
+            log.warning("action=%s not queued (Redis); the sweep will queue it", action_id)
+
+    def wait(self) -> None:
+        """Until every attempt handed over has been made (or handed to a job of its own)."""
+        wait(self.futures)
 
 
 class JsonQueue(Queue):
@@ -180,7 +300,7 @@ class Gu1Worker(SimpleWorker):
         # RQ's pool passes INFO to the workers it respawns; keep its chatter at our level.
         kwargs["logging_level"] = logs.rq_level(logging.getLevelName(logging.getLogger().level))
         ctx = context()
-        sweeper = Sweeper(ctx.queue, ctx.config.queue.sweep_interval)
+        sweeper = Sweeper(ctx.queue, ctx.config.queue.sweep_interval, lambda: ctx.config)
         swept = sweeper.sweep_once()
         if swept:
             log.info("start-up sweep queued %d stored event(s) or action(s)", len(swept))
@@ -197,12 +317,14 @@ class Gu1Worker(SimpleWorker):
 
 
 class Sweeper(threading.Thread):
-    """Runs the queue's sweep every `interval` seconds until stopped."""
+    """Runs the queue's sweep every `interval` seconds until stopped, and the data retention (which
+    purges at most hourly, whichever worker process gets to it) after it when given the config."""
 
-    def __init__(self, queue: EventQueue, interval: float):
+    def __init__(self, queue: EventQueue, interval: float, config: Callable[[], Config] | None = None):
         super().__init__(name="gu1sync-sweeper", daemon=True)
         self.queue = queue
         self.interval = interval
+        self.config = config
         self._stopped = threading.Event()
 
     def sweep_once(self) -> list[str]:
@@ -218,6 +340,8 @@ class Sweeper(threading.Thread):
     def run(self) -> None:
         while not self._stopped.wait(self.interval):
             self.sweep_once()
+            if self.config is not None:
+                run_retention(self.queue.store, self.config(), utcnow())  # never raises
 
     def stop(self) -> None:
         """Stop after the current sweep."""
