@@ -253,8 +253,9 @@ class FirstAttempts:
     def submit(self, config: Config, action_id: str, action_type: str, event: Event) -> None:
         """Make the attempt soon; a job that runs too far ahead of its attempts waits for them."""
         self.ctx.connectors.get(action_type, config.connectors)  # built here, not by two threads at once
-        while sum(not future.done() for future in self.futures) >= 2 * ATTEMPT_THREADS:
-            wait(self.futures, return_when=FIRST_COMPLETED)
+        self.futures = [future for future in self.futures if not future.done()]
+        while len(self.futures) >= 2 * ATTEMPT_THREADS:  # wait on those in flight only: a done one returns at once
+            self.futures = list(wait(self.futures, return_when=FIRST_COMPLETED).not_done)
         self.futures.append(_attempt_threads().submit(self._run, config, action_id, action_type, event))
 
     def _run(self, config: Config, action_id: str, action_type: str, event: Event) -> None:

@@ -173,3 +173,29 @@ def test_a_slow_salesforce_does_not_hold_up_the_slack_post(setup, org, workspace
     [message] = workspace.seen("POST", r"chat\.postMessage")
     assert message.at < patch.at + 1.0  # posted while the upsert was still waiting for its answer
     assert {a["status"] for a in ctx.store.actions(event)} == {"done"}  # and the job waited for both
+
+
+def test_a_job_that_runs_ahead_of_its_attempts_waits_for_one_in_flight(setup, org, monkeypatch):
+    import gu1sync.worker as worker
+
+    config, app, ctx = setup()
+    monkeypatch.setattr(worker, "ATTEMPT_THREADS", 1)
+    monkeypatch.setattr(worker, "_executor", None)  # a pool of one thread for this test
+    events = [
+        post(app, status_changed(f"customer_q{n}", "active", "under_review", f"2025-01-08T09:00:0{n}Z"))["id"]
+        for n in range(4)
+    ]
+    org.stall(r"/sobjects/Contact/", 0.2, times=4)
+    first_attempts = worker.FirstAttempts(ctx, worker.JobClock())
+    for event_id in events:
+        event = ctx.store.claim(event_id)
+        [(action_id, action_type)] = ctx.store.record_evaluation(
+            event_id, _evaluate(config, ctx, event_id), config.digest
+        )
+        first_attempts.submit(config, action_id, action_type, event)
+        # It keeps only what is in flight, never more than two per thread: it waited, and on those in
+        # flight only (waiting on a list that holds a finished one returns at once: a busy loop).
+        assert len(first_attempts.futures) <= 2
+    first_attempts.wait()
+    assert len(org.seen("PATCH")) == 4
+    monkeypatch.setattr(worker, "_executor", None)
