@@ -4,6 +4,7 @@ several processes take turns on the SQLite lock without sleeping through it. Rea
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 
@@ -184,3 +185,19 @@ def test_every_job_keeps_a_failure_for_a_week_not_a_year(make_app, redis_conn):
     rq = Queue("test", connection=redis_conn, serializer=JSONSerializer)
     for job_id in ("ev_one", "ev_two", "act_three-1", "act_four-2"):
         assert rq.fetch_job(job_id).failure_ttl == FAILURE_TTL == 7 * 24 * 3600, job_id
+
+
+def test_the_receiver_checkpoints_the_log_from_a_thread_of_its_own(make_config, tmp_path, monkeypatch):
+    import gu1sync.groupcommit as groupcommit
+
+    monkeypatch.setattr(groupcommit, "CHECKPOINT_EVERY", 0.05)
+    store = Store(str(tmp_path / "c.db"))
+    store.migrate()
+    committer = GroupCommit(store)
+    for event in events(make_config, 300):  # each commit writes several pages to the log
+        committer.record(event, {})
+    # The committer never copies the log into the file (that would hold up the requests of its commit);
+    # the checkpointer does, behind the commits: 300 events' bodies end up in the database file itself.
+    wait_until(lambda: os.path.getsize(tmp_path / "c.db") > 300 * 1000, 5, "a checkpoint")
+    reader = sqlite3.connect(tmp_path / "c.db")
+    assert reader.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 300
