@@ -26,6 +26,7 @@ from rq import Queue
 from rq.exceptions import DuplicateJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from rq.utils import utcparse
 
 from .store import Store
 from .timeutil import Clock, utcnow
@@ -38,13 +39,18 @@ RESULT_TTL = 24 * 3600  # a finished job's hash stays this long; `unique` refuse
 # A failed job keeps its traceback, whose last line may quote event data: a week, not RQ's year. The
 # work itself is in SQLite (`failed` events, dead actions), where retention reaches it.
 FAILURE_TTL = 7 * 24 * 3600
-# Job states that mean nobody is on it: no job at all, or one that ended.
+# What the sweep calls a job that Redis still shows as started or scheduled but nobody will run: its
+# worker died before claiming the work, or no scheduler is left to move it to the queue.
+ABANDONED, OVERDUE = "abandoned", "overdue"
+# Job states that mean nobody is on it: no job at all, or one that ended, or one that never will.
 NOT_LIVE = {
     None,
     JobStatus.FINISHED.value,
     JobStatus.FAILED.value,
     JobStatus.STOPPED.value,
     JobStatus.CANCELED.value,
+    ABANDONED,
+    OVERDUE,
 }
 
 
@@ -90,6 +96,7 @@ class EventQueue:
         self.cooldown = cooldown
         self.redis = connection or redis_client(redis_url, connect_timeout=connect_timeout, timeout=timeout)
         self.queue = Queue(name, connection=self.redis, serializer=JSONSerializer)
+        self._scheduled_key = self.queue.scheduled_job_registry.key
         self._down_until = 0.0
         # The RQ time limits of an event's job, and of an action's job by action type (set from the config).
         self.event_timeout: float | None = None
@@ -201,16 +208,35 @@ class EventQueue:
         """Queue an action's attempt, now or after `delay` seconds."""
         return self._guarded(RUN_ACTION, action_id, job_id, delay, timeout)
 
-    def _job_states(self, job_ids: list[str]) -> list[str | None]:
+    def _job_states(self, job_ids: list[str], grace: float | None = None) -> list[str | None]:
+        """Each job's status. With `grace` (the sweep, for work that is unfinished and due), a job still
+        `started` after the time a live worker needs to claim its work (busy_timeout + grace) belonged
+        to a worker that died: ABANDONED; a job still `scheduled` more than `grace` after it was due has
+        no scheduler left to move it (RQ's dies with its worker, or on a Redis error): OVERDUE."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hget(Job.key_for(job_id), "status")
-        return [state.decode() if state else None for state in pipe.execute()]
+            pipe.hmget(Job.key_for(job_id), "status", "started_at")
+            pipe.zscore(self._scheduled_key, job_id)
+        replies = pipe.execute()
+        now = utcnow()
+        states: list[str | None] = []
+        for (status, started_at), due in zip(replies[::2], replies[1::2], strict=True):
+            state = status.decode() if status else None
+            if grace is not None and state == JobStatus.STARTED.value and started_at:
+                if (now - utcparse(started_at.decode())).total_seconds() > grace + self.store.busy_timeout:
+                    state = ABANDONED
+            elif grace is not None and state == JobStatus.SCHEDULED.value and due is not None:
+                if due < now.timestamp() - grace:
+                    state = OVERDUE
+            states.append(state)
+        return states
 
     def _requeue(
         self, function: str, argument: str, job_id: str, state: str | None, timeout: float | None = None
     ) -> bool:
-        if state is not None:  # finished, failed or stopped: the old hash would make `unique` refuse
+        if state == OVERDUE:  # else a scheduler that comes back would run it a second time
+            self.redis.zrem(self._scheduled_key, job_id)
+        if state is not None:  # finished, failed, stopped or abandoned: the old hash would make `unique` refuse
             self.redis.delete(Job.key_for(job_id))
         try:
             self._put(function, argument, job_id, timeout=timeout)
@@ -237,7 +263,7 @@ class EventQueue:
         actions = ActionLog(self.store)
         queued = []
         for events in self.store.unfinished(received_before=self.clock() - timedelta(seconds=grace)):
-            for event_id, state in zip(events, self._job_states(events), strict=True):  # one round trip a page
+            for event_id, state in zip(events, self._job_states(events, grace), strict=True):  # one round trip
                 if state in NOT_LIVE and self._requeue(PROCESS_EVENT, event_id, event_id, state, self.event_timeout):
                     queued.append(event_id)
         for rows in actions.due(grace):
@@ -246,7 +272,7 @@ class EventQueue:
                 row["job_id"] if row["status"] != "running" and row["job_id"] else f"{row['id']}-{row['attempts'] + 1}"
                 for row in rows
             ]
-            for row, job_id, state in zip(rows, jobs, self._job_states(jobs), strict=True):
+            for row, job_id, state in zip(rows, jobs, self._job_states(jobs, grace), strict=True):
                 timeout = self.action_timeout(row["type"])
                 if state in NOT_LIVE and self._requeue(RUN_ACTION, row["id"], job_id, state, timeout):
                     if job_id != row["job_id"]:
