@@ -129,7 +129,12 @@ class EventQueue:
             status=JobStatus.SCHEDULED,
         )
         # The wait happens in Redis (the scheduler moves it to the queue when due), never in a worker.
-        self.queue.schedule_job(job, utcnow() + timedelta(seconds=delay), unique=True)  # RQ's clock, not a test's
+        # RQ keeps whole seconds and drops the fraction, which would release the job up to 1 s early
+        # (before a Retry-After has passed): round up instead.
+        when = utcnow() + timedelta(seconds=delay)  # RQ's clock, not a test's
+        if when.microsecond:
+            when = when.replace(microsecond=0) + timedelta(seconds=1)
+        self.queue.schedule_job(job, when, unique=True)
 
     def _guarded(
         self, function: str, argument: str, job_id: str, delay: float = 0, timeout: float | None = None
