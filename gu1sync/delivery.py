@@ -34,6 +34,7 @@ from rules.model import RetrySettings
 
 from .actionlog import DEAD, DONE, DRY_RUN, RETRYING, SKIPPED
 from .event import Event
+from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,10 @@ class Attempt:
         try:
             return self._ordered(started, params, meta, target, event)
         finally:
-            ctx.actions.unlock(target, self.holder)
+            try:
+                ctx.actions.unlock(target, self.holder)
+            except StoreUnavailable as exc:  # the lock ends with the lease; the outcome is what mattered
+                log.warning("action=%s: record lock not released (%s); it lapses with the lease", action["id"], exc)
 
     def _ordered(self, started: float, params: dict, meta: ActionMeta, target: str, event: Event) -> dict:
         fields = list(params["fields"])
@@ -174,9 +178,22 @@ class Attempt:
             log.warning("action=%s: retry not queued (Redis); the sweep will queue it when due", action["id"])
         return {"action": action["id"], "outcome": outcome, "retry_in": round(delay, 1)}
 
+    def _finish(self, started: float, **fields: Any) -> bool:
+        """Record the attempt's outcome, trying again while SQLite is locked: the call has been made, and
+        an outcome left unrecorded would have it made again once the lease ends (a second post). Gives
+        up (raises) only when the attempt's time limit is near."""
+        deadline = started + self.job_limit - 1
+        while True:
+            try:
+                return self.ctx.actions.finish(self.action, **fields)
+            except StoreUnavailable:
+                if time.perf_counter() + self.ctx.store.busy_timeout > deadline:
+                    raise
+                log.warning("action=%s: outcome not recorded yet (SQLite is busy); trying again", self.action["id"])
+
     def _end(self, started: float, outcome: str, status: str, *, code: str | None = None, **fields: Any) -> dict:
         duration = (time.perf_counter() - started) * 1000
-        if not self.ctx.actions.finish(self.action, outcome=outcome, status=status, duration_ms=duration, **fields):
+        if not self._finish(started, outcome=outcome, status=status, duration_ms=duration, **fields):
             log.warning(
                 "action=%s attempt=%d outcome=%s came after its lease expired; another attempt has the action",
                 self.action["id"],
