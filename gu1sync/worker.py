@@ -229,6 +229,11 @@ def _process(ctx: WorkerContext, event: Event, first_attempts: FirstAttempts) ->
 
 
 ATTEMPT_THREADS = 4  # first attempts in flight at once, per worker process
+# Calls whose repetition shows (a second Slack post, a second created record) go one at a time in a
+# process, so that a worker killed mid-call leaves at most one of them with an unknown outcome (made
+# again when its lease ends). Upserts and updates land the same when repeated: they go side by side.
+NOT_IDEMPOTENT = ("slack.post", "salesforce.create")
+_one_at_a_time = threading.Lock()
 _executor: tuple[int, ThreadPoolExecutor] | None = None
 
 
@@ -259,6 +264,12 @@ class FirstAttempts:
         self.futures.append(_attempt_threads().submit(self._run, config, action_id, action_type, event))
 
     def _run(self, config: Config, action_id: str, action_type: str, event: Event) -> None:
+        if action_type in NOT_IDEMPOTENT:
+            with _one_at_a_time:
+                return self._attempt(config, action_id, action_type, event)
+        return self._attempt(config, action_id, action_type, event)
+
+    def _attempt(self, config: Config, action_id: str, action_type: str, event: Event) -> None:
         job_limit = limits(config, action_type)[1]
         if self.clock.fits(job_limit):
             try:
