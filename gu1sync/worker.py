@@ -102,7 +102,7 @@ class WorkerContext:
     def from_config(cls, config: Config, connectors: Connectors | None = None) -> WorkerContext:
         """Open the store and the queue described by `config`."""
         store = Store(config.storage_path, config.storage.busy_timeout, durable=False)
-        store.migrate()
+        wait_for_store(store)
         queue = EventQueue(config.queue.redis_url, config.queue.name, store, cooldown=0)
         ctx = cls(ConfigWatcher(config), store, queue, ActionLog(store), connectors or Connectors())
         queue.event_timeout = event_job_limit(config)
@@ -323,6 +323,12 @@ class Gu1Worker(SimpleWorker):
         finally:
             sweeper.stop()
 
+    stop_asked = False  # set when SIGTERM or Ctrl-C asked this worker to stop (RQ's own note is private)
+
+    def request_stop(self, signum, frame):  # noqa: ANN001, ANN201 - RQ's signature
+        self.stop_asked = True
+        return super().request_stop(signum, frame)
+
     def execute_job(self, job, queue):  # noqa: ANN001 - RQ's signature
         context().watcher.current()
         return super().execute_job(job, queue)
@@ -358,6 +364,25 @@ class Sweeper(threading.Thread):
     def stop(self) -> None:
         """Stop after the current sweep."""
         self._stopped.set()
+
+
+def wait_for_store(store: Store) -> None:
+    """Bring the file's schema up to date, waiting while another process holds its lock for longer than
+    busy_timeout (a backup, a VACUUM, someone's sqlite3 shell): a worker starting then must not end."""
+    said = False
+    while True:
+        try:
+            store.migrate()
+            if said:
+                log.info("SQLite at %s takes writes again", store.path)
+            return
+        except StoreUnavailable as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise  # not a lock: an unreadable or missing file is for a person to see, at once
+            if not said:
+                log.warning("waiting for SQLite at %s: %s", store.path, exc)
+                said = True
+            time.sleep(1)
 
 
 def wait_for_redis(url: str, patience: float | None = None) -> bool:
@@ -412,11 +437,21 @@ def run_worker(config: Config, *, burst: bool = False, processes: int = 1) -> No
     logs.quiet_rq()
     if processes == 1:
         use_context(WorkerContext.from_config(config))
-        worker = Gu1Worker(
-            [JsonQueue(config.queue.name, connection=connection)], connection=connection, serializer=JSONSerializer
-        )
-        worker.work(burst=burst, with_scheduler=True, logging_level=level)
-        return
+        while True:
+            worker = Gu1Worker(
+                [JsonQueue(config.queue.name, connection=connection)], connection=connection, serializer=JSONSerializer
+            )
+            try:
+                worker.work(burst=burst, with_scheduler=True, logging_level=level)
+            except RedisError as exc:  # RQ's teardown, with Redis still away
+                log.warning("worker stopped by a Redis error (%s)", type(exc).__name__)
+            # RQ's loop also quits when Redis goes away while it finishes a job; only a stop ends ours
+            # (SIGTERM or Ctrl-C: RQ notes when it was asked).
+            if burst or worker.stop_asked:
+                return
+            log.warning("worker loop ended without being asked to; starting it again once Redis answers")
+            time.sleep(1)  # a loop that keeps ending (a bug) must not spin
+            wait_for_redis(config.queue.redis_url)
     # The pool process forks the workers; it holds no database connection and no thread of its own.
     pool = WorkerPool(
         [config.queue.name],
