@@ -145,6 +145,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
     choice = config.gu1sync_redis
     if choice.mode == "fake":
         terminalreporter.write_line(choice.describe(), yellow=True, bold=True)
+    # What each fault test saw (tests/test_faults.py records it with record_property("fault_summary", ...)).
+    lines = sorted(
+        (report.location, f"{report.nodeid.split('::')[-1]}: {value}")
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "fault_summary"
+    )
+    if lines:
+        terminalreporter.section("fault suite")
+        for _, line in lines:
+            terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -224,11 +237,11 @@ def make_config(tmp_path: Path, redis_choice: RedisChoice):
     return build
 
 
-def config_text(redis_url: str, sources: str = SOURCES_YAML, extra: str = "") -> str:
+def config_text(redis_url: str, sources: str = SOURCES_YAML, extra: str = "", *, busy_timeout: str = "1s") -> str:
     """A test config: SQLite next to the file, the given Redis, the test sources."""
     return (
         "version: 1\n"
-        "storage:\n  path: events.db\n  busy_timeout: 1s\n"
+        f"storage:\n  path: events.db\n  busy_timeout: {busy_timeout}\n"
         f'queue:\n  redis_url: "{redis_url}"\n  name: test\n  sweep_interval: 1s\n'
         f"{sources}\n{extra}"
     )
@@ -296,3 +309,6 @@ def workspace():
 
     with SlackEmulator() as emulator:
         yield emulator
+
+
+from tests.stack import make_stack  # noqa: E402, F401 - the fixture, for every test module (it needs the above)

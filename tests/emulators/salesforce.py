@@ -36,6 +36,7 @@ LOCKED = [
     {"message": "unable to obtain exclusive access to this record", "errorCode": "UNABLE_TO_LOCK_ROW", "fields": []}
 ]
 LIMIT = [{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]
+UNAVAILABLE = [{"message": "Service temporarily unavailable, try again later", "errorCode": "SERVER_UNAVAILABLE"}]
 UNKNOWN = [{"errorCode": "UNKNOWN_EXCEPTION", "message": "An unexpected error occurred. Please include this ErrorId"}]
 
 
@@ -118,6 +119,21 @@ class SalesforceEmulator(Emulator):
 
     def find(self, sobject: str, field: str, value: Any) -> list[dict[str, Any]]:
         return [r for r in self.records.get(sobject, {}).values() if str(r.get(field)) == str(value)]
+
+    def outage(self, *, during: float, status: int = 503, path: str = r"^/services/data/") -> None:
+        """For `during` seconds every REST call is answered `status` with Salesforce's SERVER_UNAVAILABLE body."""
+        self.fail(path, status, UNAVAILABLE, during=during)
+
+    def upserts_landed(self, sobject: str, field: str) -> dict[str, int]:
+        """How many upserts by `field` took effect (answered 200 or 201), by external id value."""
+        pattern = re.compile(API + rf"/sobjects/{sobject}/{field}/(?P<value>[^/]+)")
+        counts: dict[str, int] = {}
+        for request in self.seen("PATCH"):
+            match = pattern.fullmatch(request.path)
+            if match and request.status in (200, 201):
+                value = unquote(match["value"])
+                counts[value] = counts.get(value, 0) + 1
+        return counts
 
     def add(self, sobject: str, fields: dict[str, Any]) -> str:
         """Put a record in the org, as if someone had created it in Salesforce."""

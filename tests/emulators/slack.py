@@ -5,6 +5,7 @@ answers (`ok`, `no_service`, `invalid_payload`...). slack-sdk talks to it throug
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 from typing import Any
 
@@ -33,6 +34,28 @@ class SlackEmulator(Emulator):
     @property
     def webhook_url(self) -> str:
         return f"{self.url}{WEBHOOK_PATH}"
+
+    def rate_limit(self, *, during: float, retry_after: int = 1, method: str = "chat.postMessage") -> None:
+        """A 429 storm: for `during` seconds every call of `method` gets Slack's rate-limited answer
+        (HTTP 429, `Retry-After`, `{ok: false, error: ratelimited}`)."""
+        self.fail(
+            rf"^/api/{re.escape(method)}$",
+            429,
+            {"ok": False, "error": "ratelimited"},
+            method="POST",
+            headers={"Retry-After": str(retry_after)},
+            during=during,
+        )
+
+    def posts_by_action(self) -> dict[str, int]:
+        """How many messages were posted for each action id (carried in the message metadata)."""
+        counts: dict[str, int] = {}
+        with self._state:
+            for message in self.messages:
+                payload = (message.get("metadata") or {}).get("event_payload") or {}
+                action = payload.get("action_id", "?")
+                counts[action] = counts.get(action, 0) + 1
+        return counts
 
     def channel_id(self, name: str) -> str | None:
         name = name.removeprefix("#")
