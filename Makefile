@@ -31,7 +31,7 @@ lint: dev-venv
 	$(BIN)/ruff check .
 
 bench: dev-venv
-	$(BIN)/python bench/receiver.py
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
