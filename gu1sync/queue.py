@@ -136,10 +136,8 @@ class EventQueue:
             when = when.replace(microsecond=0) + timedelta(seconds=1)
         self.queue.schedule_job(job, when, unique=True)
 
-    def _guarded(
-        self, function: str, argument: str, job_id: str, delay: float = 0, timeout: float | None = None
-    ) -> bool:
-        """Queue a job; False when Redis is unreachable (the sweep will queue it later).
+    def _guarded(self, put: Callable[[], object]) -> bool:
+        """Run `put` (it queues something); False when Redis is unreachable (the sweep will queue it later).
 
         After a failure, Redis is not tried again for `cooldown` seconds, so that a dead Redis
         costs each request nothing instead of a connect timeout.
@@ -147,7 +145,7 @@ class EventQueue:
         if time.monotonic() < self._down_until:
             return False
         try:
-            self._put(function, argument, job_id, delay, timeout)
+            put()
         except DuplicateJobError:
             return True  # already queued (by a sweep, or an earlier delivery)
         except RedisError as exc:
@@ -164,7 +162,7 @@ class EventQueue:
 
     def enqueue(self, event_id: str) -> bool:
         """Queue the event's job (its id is the event id)."""
-        return self._guarded(PROCESS_EVENT, event_id, event_id, timeout=self.event_timeout)
+        return self._guarded(lambda: self._put(PROCESS_EVENT, event_id, event_id, timeout=self.event_timeout))
 
     def enqueue_many(self, event_ids: list[str]) -> bool:
         """Queue several events' jobs in one round trip; False when Redis is unreachable.
@@ -172,8 +170,6 @@ class EventQueue:
         Not `unique` (RQ cannot be, many at a time): for events just stored, no job can exist yet
         but one a sweep made in the meantime, and a second job for an event finds it claimed.
         """
-        if time.monotonic() < self._down_until:
-            return False
         datas = [
             Queue.prepare_data(
                 PROCESS_EVENT,
@@ -185,21 +181,13 @@ class EventQueue:
             )
             for event_id in event_ids
         ]
-        try:
+
+        def put() -> None:
             with self.redis.pipeline() as pipe:
                 self.queue.enqueue_many(datas, pipeline=pipe)
                 pipe.execute()
-        except RedisError as exc:
-            if time.monotonic() >= self._down_until:
-                log.warning(
-                    "redis unreachable at %s (%s); work stays in SQLite until the sweep queues it",
-                    redact(self.redis_url),
-                    type(exc).__name__,
-                )
-            self._down_until = time.monotonic() + self.cooldown
-            return False
-        self._down_until = 0.0
-        return True
+
+        return self._guarded(put)
 
     def discard_event_job(self, event_id: str) -> bool:
         """Take the event's job off the queue if it is still waiting there (a batch has processed the
@@ -211,7 +199,7 @@ class EventQueue:
 
     def enqueue_action(self, action_id: str, job_id: str, delay: float = 0, timeout: float | None = None) -> bool:
         """Queue an action's attempt, now or after `delay` seconds."""
-        return self._guarded(RUN_ACTION, action_id, job_id, delay, timeout)
+        return self._guarded(lambda: self._put(RUN_ACTION, action_id, job_id, delay, timeout))
 
     def _job_states(self, job_ids: list[str], grace: float | None = None) -> list[str | None]:
         """Each job's status. With `grace` (the sweep, for work that is unfinished and due), a job still
