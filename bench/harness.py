@@ -26,37 +26,15 @@ sys.path.insert(0, str(ROOT))
 from gu1sync import samples  # noqa: E402
 from tests.conftest import RedisServer, free_port  # noqa: E402, F401 - free_port: for the benchmarks
 from tests.helpers import SECRETS, dumps, gu1_headers  # noqa: E402
+from tests.stack import RULES as STACK_RULES  # noqa: E402
+from tests.stack import SESSION  # noqa: E402
 
 PYTHON = sys.executable
-SESSION = "00D000000000001!bench-session"
 
-# One Salesforce upsert and one Slack post per event: the shape of the shipped "blocked" rules.
-RULES = """
-connectors:
-  salesforce:
-    auth: {{method: session, instance_url: "{sf_url}", session_id: "${{SF_SESSION}}"}}
-    timeout: 5s
-  slack:
-    token: "${{SLACK_TOKEN}}"
-    base_url: "{slack_url}"
-    timeout: 5s
-rules:
-  - name: status-to-salesforce
-    on: entity.status_changed
-    actions:
-      - salesforce.upsert:
-          object: Contact
-          external_id_field: Gu1_External_Id__c
-          external_id: "{{{{ entity.externalId }}}}"
-          fields: {{Status__c: "{{{{ payload.status }}}}", Gu1_Entity_Id__c: "{{{{ entity.id }}}}"}}
-  - name: alert-blocked
-    on: entity.status_changed
-    when: {{status_changes: {{to: blocked}}}}
-    actions:
-      - slack.post:
-          channel: "#compliance-alerts"
-          text: "{{{{ entity.name | slack }}}} is blocked: {{{{ payload.reason }}}}"
-"""
+
+def rules(sf_url: str, slack_url: str) -> str:
+    """One Salesforce upsert and one Slack post per event: the end-to-end tests' rules (tests/stack.py)."""
+    return STACK_RULES.format(sf_url=sf_url, slack_url=slack_url, timeout="5s", retry="")
 
 
 @contextmanager

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from harness import (
     PYTHON,
-    RULES,
     SESSION,
     Processes,
     closed_loop,
@@ -26,6 +25,7 @@ from harness import (
     open_loop,
     percentile,
     redis_url,
+    rules,
     signed_events,
     temp_dir,
     wait_until,
@@ -158,7 +158,7 @@ def end_to_end(redis: str, rate: float, count: int) -> list[tuple]:
             BENCH_SF_URL=org.url,
             BENCH_REDIS_URL=redis,
         )
-        config = write_config(directory, redis, RULES.format(sf_url=org.url, slack_url=workspace.api_url))
+        config = write_config(directory, redis, rules(org.url, workspace.api_url))
         ours = serve_ours(procs, config, env)
         procs.start([PYTHON, "app.py", "--config", str(config), "worker"], env)
         bare = serve_bare(procs, env)

@@ -15,12 +15,12 @@ from pathlib import Path
 from harness import (
     PYTHON,
     ROOT,
-    RULES,
     SESSION,
     Processes,
     count_rows,
     environment,
     redis_url,
+    rules,
     signed_events,
     temp_dir,
     wait_until,
@@ -58,7 +58,7 @@ def gu1_sync(redis: str, events: int) -> dict:
     directory = temp_dir("worker")
     with SalesforceEmulator() as org, SlackEmulator() as workspace, Processes(directory / "log.txt") as procs:
         org.sessions.add(SESSION)
-        config = write_config(directory, redis, RULES.format(sf_url=org.url, slack_url=workspace.api_url))
+        config = write_config(directory, redis, rules(org.url, workspace.api_url))
         Redis.from_url(redis).flushdb()
         env = environment(SLACK_TOKEN=workspace.token, REQUESTS_CA_BUNDLE=org.ca_path)
         preload(config, signed_events(events, seed=10_000), env)

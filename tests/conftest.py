@@ -190,6 +190,18 @@ def redis_conn(redis_choice: RedisChoice):
 
 
 @pytest.fixture
+def own_redis():
+    """A redis-server for this test alone, without persistence: stopped and started, it is empty."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("needs redis-server installed, to restart it")
+    server = RedisServer(binary)
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
 def redis_url(redis_choice: RedisChoice, redis_conn) -> str:
     """The URL of the clean Redis (real servers only)."""
     if redis_choice.url is None:

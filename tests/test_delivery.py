@@ -114,8 +114,9 @@ def post(app, body: bytes) -> dict:
     return response.json
 
 
-def drain(redis_conn, timeout: float = 20.0) -> None:
-    """Run queued jobs in this process, and scheduled ones as they fall due, until nothing is left."""
+def drain(redis_conn, timeout: float = 20.0, logging_level: str = "WARNING") -> None:
+    """Run queued jobs in this process (the real RQ worker), and scheduled ones as they fall due, until
+    nothing is left."""
     queue = Queue("test", connection=redis_conn, serializer=JSONSerializer)
     scheduled = ScheduledJobRegistry(queue=queue)
     scheduler = RQScheduler([queue], connection=redis_conn, serializer=JSONSerializer)
@@ -124,7 +125,7 @@ def drain(redis_conn, timeout: float = 20.0) -> None:
     try:
         while time.monotonic() < deadline:
             Gu1Worker([queue], connection=redis_conn, serializer=JSONSerializer).work(
-                burst=True, with_scheduler=False, logging_level="WARNING"
+                burst=True, with_scheduler=False, logging_level=logging_level
             )
             if queue.count == 0 and scheduled.count == 0:
                 return

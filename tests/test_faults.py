@@ -19,14 +19,12 @@ Redis restarts, longer outages and storms, more locks), about seven minutes:
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 
 import pytest
 
 from tests.burst import DuplicateEffect, Sender, burst, settle, status_change
-from tests.conftest import RedisServer
 from tests.emulators.salesforce import UNAVAILABLE
 from tests.helpers import wait_until
 
@@ -49,18 +47,6 @@ pytestmark = [pytest.mark.real_redis, pytest.mark.timeout(LIMIT)]
 
 class EarlyRetry(AssertionError):
     """A call came sooner after a 429 than the service's Retry-After allowed."""
-
-
-@pytest.fixture
-def own_redis():
-    """A redis-server for this test alone, without persistence: stopped and started, it is empty."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("needs redis-server installed, to restart it")
-    server = RedisServer(binary)
-    server.start()
-    yield server
-    server.cleanup()
 
 
 def report(record_property, line: str) -> None:

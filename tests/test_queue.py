@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -16,22 +15,10 @@ from gu1sync import samples
 from gu1sync.queue import redis_client
 from gu1sync.store import DONE, RECEIVED
 from gu1sync.worker import Sweeper, WorkerContext
-from tests.conftest import ROOT, RedisServer
+from tests.conftest import ROOT
 from tests.helpers import SECRETS, dumps, gu1_headers
 
 pytestmark = pytest.mark.real_redis
-
-
-@pytest.fixture
-def own_redis():
-    """A redis-server this test may stop and start (it keeps nothing across a restart, like ours in CI)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("needs the redis-server binary to stop and restart a server")
-    server = RedisServer(binary)
-    server.start()
-    yield server
-    server.cleanup()
 
 
 def post_event(client, seed: int, event: str = "kyc.validation_approved"):

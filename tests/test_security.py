@@ -18,7 +18,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 import zlib
 from datetime import datetime, timedelta
@@ -29,10 +28,6 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from rq import Queue
-from rq.registry import ScheduledJobRegistry
-from rq.scheduler import RQScheduler
-from rq.serializers import JSONSerializer
 
 from app import create_app
 from connectors import Connectors
@@ -43,12 +38,13 @@ from gu1sync.cli import cli
 from gu1sync.config import ConfigError, parse_config
 from gu1sync.store import Store
 from gu1sync.timeutil import iso
-from gu1sync.worker import Gu1Worker, WorkerContext, use_context
+from gu1sync.worker import WorkerContext, use_context
 from rules.engine import evaluate
 from tests.conftest import ROOT, config_text, free_port
 from tests.emulators.salesforce import SOAP_FAULT, SalesforceEmulator
 from tests.emulators.slack import WEBHOOK_PATH, SlackEmulator
 from tests.helpers import SECRETS, dumps, gu1_headers, kyc_headers, std_headers, wait_until
+from tests.test_delivery import drain
 
 
 def _private_key() -> tuple[str, bytes]:
@@ -278,27 +274,6 @@ def status_changed(seq: int) -> bytes:
     )
 
 
-def drain(redis_conn, name: str = "test", timeout: float = 30.0) -> None:  # noqa: ANN001
-    """Run queued (and due scheduled) jobs in this process with the real RQ worker until none are left."""
-    queue = Queue(name, connection=redis_conn, serializer=JSONSerializer)
-    scheduled = ScheduledJobRegistry(queue=queue)
-    scheduler = RQScheduler([queue], connection=redis_conn, serializer=JSONSerializer)
-    scheduler.acquire_locks()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            Gu1Worker([queue], connection=redis_conn, serializer=JSONSerializer).work(
-                burst=True, with_scheduler=False, logging_level="DEBUG"
-            )
-            if queue.count == 0 and scheduled.count == 0:
-                return
-            time.sleep(0.05)
-            scheduler.enqueue_scheduled_jobs()
-    finally:
-        scheduler.release_locks()
-    raise AssertionError("jobs still pending")
-
-
 def rounds(org: SalesforceEmulator, workspace: SlackEmulator) -> list[tuple[str, str, str, callable]]:
     """(name, salesforce auth, slack settings, faults): each round's first event meets the faults (a
     refused login, a server that echoes credentials back), its second goes through."""
@@ -389,7 +364,7 @@ def test_no_secret_in_connector_errors_logs_rows_jobs_or_cli_output(make_config,
                     response = app.test_client().post("/webhooks/gu1-prod", data=body, headers=headers)
                     assert response.status_code == 202, (name, response.json)
                     ids.append(response.json["id"])
-                    drain(redis_conn)
+                    drain(redis_conn, timeout=30.0, logging_level="DEBUG")
                 first, second = ({a["rule"]: a for a in ctx.store.actions(i)} for i in ids)
                 assert {a["status"] for a in first.values()} == {"dead"}, (name, first)
                 assert {a["status"] for a in second.values()} == {"done"}, (name, second)
