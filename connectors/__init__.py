@@ -1,4 +1,5 @@
-"""Connectors: the systems actions reach. One small interface (connectors.base), a plain registry.
+"""Connectors: the systems actions reach. Each is one module that declares itself (a ConnectorSpec:
+its settings, its client, its `classify`, its action types), and one line in the registry below.
 
     salesforce.upsert / update / create  ->  connectors.salesforce
     slack.post                            ->  connectors.slack
@@ -11,50 +12,35 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import Field
+from . import salesforce, slack
+from .base import ActionError, ActionMeta, ActionParams, ActionType, Connector, ConnectorSpec, Result
+from .registry import Connectors as _Connectors
+from .registry import Registry
 
-from gu1sync.schema import StrictModel
+REGISTRY = Registry(
+    salesforce.CONNECTOR,
+    slack.CONNECTOR,
+)
 
-from .base import ActionError, ActionMeta, Connector, Result
-from .salesforce import SalesforceConnector, SalesforceSettings
-from .slack import SlackConnector, SlackSettings
-
-
-class ConnectorSettings(StrictModel):
-    """`connectors:` in config.yaml."""
-
-    salesforce: SalesforceSettings = Field(SalesforceSettings(), description="Where salesforce.* actions go.")
-    slack: SlackSettings = Field(SlackSettings(), description="Where slack.post goes.")
+ConnectorSettings = REGISTRY.settings_model()
 
 
-FACTORIES: dict[str, Callable[[Any], Connector]] = {
-    "salesforce": SalesforceConnector,
-    "slack": SlackConnector,
-}
-
-
-def connector_name(action_type: str) -> str:
-    """The connector an action type belongs to: salesforce.upsert -> salesforce."""
-    return action_type.split(".", 1)[0]
-
-
-class Connectors:
-    """This process's connectors: built on first use, kept (a logged-in client is reused), and
-    rebuilt only when their settings change in a reloaded config."""
+class Connectors(_Connectors):
+    """This process's connectors, from the registry above."""
 
     def __init__(self, factories: dict[str, Callable[[Any], Connector]] | None = None):
-        self.factories = {**FACTORIES, **(factories or {})}
-        self._built: dict[str, tuple[Any, Connector]] = {}
-
-    def get(self, action_type: str, settings: ConnectorSettings) -> Connector:
-        """The connector for an action type, under these settings."""
-        name = connector_name(action_type)
-        section = getattr(settings, name)
-        built = self._built.get(name)
-        if built is None or built[0] != section:
-            built = (section, self.factories[name](section))
-            self._built[name] = built
-        return built[1]
+        super().__init__(REGISTRY, factories)
 
 
-__all__ = ["ActionError", "ActionMeta", "ConnectorSettings", "Connectors", "Result", "connector_name"]
+__all__ = [
+    "REGISTRY",
+    "ActionError",
+    "ActionMeta",
+    "ActionParams",
+    "ActionType",
+    "ConnectorSettings",
+    "ConnectorSpec",
+    "Connectors",
+    "Registry",
+    "Result",
+]

@@ -1,4 +1,5 @@
-"""What every connector shares: one small interface, and one way to say how a call went.
+"""What every connector shares: one small interface, one way to say how a call went, and the
+declaration a connector module makes of itself (`ConnectorSpec`, read by the registry).
 
 A connector carries out rendered actions: `execute(action_type, params, meta) -> Result`, raising
 ActionError that says whether trying again later could help. Each connector classifies its own
@@ -8,12 +9,14 @@ failures in one place (`classify` in its module); nothing else decides what is r
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 from urllib.parse import quote, quote_plus
 
 from rq.timeouts import JobTimeoutException
+
+from gu1sync.core.values import StrictModel
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,65 @@ class ActionError(Exception):
 
 
 class Connector(Protocol):
-    """One external system."""
+    """One external system, as this process talks to it (a client, logged in once and reused)."""
 
     name: str
-    dry_run: bool
+    dry_run: bool  # no credentials: its actions are rendered and recorded, never sent
 
     def execute(self, action_type: str, params: dict[str, Any], meta: ActionMeta) -> Result: ...
+
+
+class ActionParams(StrictModel):
+    """The parameters of one action type, as a rule writes them (strings may hold templates)."""
+
+    type: ClassVar[str]
+
+
+def not_ordered(params: dict[str, Any]) -> str | None:
+    """For actions that write no record another action could also write (a message, a new record)."""
+    return None
+
+
+@dataclass(frozen=True)
+class ActionType:
+    """One action type a connector carries out."""
+
+    params: type[ActionParams]
+    # The record the rendered action writes, e.g. `salesforce:contact:gu1_external_id__c:c-1`: writes to
+    # one record go one at a time, in the order of the events' timestamps. None: nothing to order.
+    target: Callable[[dict[str, Any]], str | None] = not_ordered
+    # Whether making the call twice lands the same (an upsert) or shows (a second post, a second
+    # record). Repeats that show go one at a time in a worker, so a crash repeats at most one.
+    repeat_harmless: bool = False
+    # The values to render, from those the rule wrote (a ready-made layout's text and blocks, say).
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.params.type
+
+
+@dataclass(frozen=True)
+class ConnectorSpec:
+    """What a connector module declares of itself; the registry reads it, nothing else needs to know."""
+
+    name: str  # the prefix of its action types, and its key under `connectors:`
+    description: str
+    settings: type[StrictModel]  # `connectors.<name>`: it must have `timeout`
+    client: Callable[[Any], Connector]  # builds the connector from its settings
+    classify: Callable[[Exception], ActionError]  # retryable or permanent, for every way a call can fail
+    actions: tuple[ActionType, ...]
+    dry_run_notice: str  # what start-up says when the settings give no credentials
+    # The calls one attempt may make, each within the connector's timeout (a login, a lookup, the write,
+    # a fresh login and the write again): with 5 s to spare, the time limit of one attempt.
+    calls_per_attempt: int = 5
+
+    def limits(self, settings: Any) -> tuple[float, float]:
+        """(lease, time limit) of one attempt. RQ stops the attempt's job at its time limit, and the lease
+        lasts longer still, so no second attempt can start while the first may still be running."""
+        timeout = settings.timeout
+        job_limit = self.calls_per_attempt * timeout + 5
+        return job_limit + timeout + 10, job_limit
 
 
 def common(exc: Exception) -> ActionError | None:

@@ -1,14 +1,15 @@
 """Salesforce through simple-salesforce: upsert, update, create.
 
-One client per worker process, logged in once and reused; a fresh login when the session expires
-(once per call); a timeout on every HTTP call. `classify` is the one place that decides which
-failures are worth retrying.
+Its declaration (CONNECTOR, at the end) gives the registry its settings, its action types and how
+each names the record it writes. One client per worker process, logged in once and reused; a fresh
+login when the session expires (once per call); a timeout on every HTTP call. `classify` is the one
+place that decides which failures are worth retrying.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -22,9 +23,20 @@ from simple_salesforce.exceptions import (
 )
 from simple_salesforce.format import format_soql
 
-from gu1sync.schema import PositiveDuration, SecretValue, StrictModel
+from gu1sync.core.templates import Templated, TemplatedText
+from gu1sync.core.values import PositiveDuration, SecretValue, StrictModel
 
-from .base import ActionError, ActionMeta, Result, common, scrub, secret_forms
+from .base import (
+    ActionError,
+    ActionMeta,
+    ActionParams,
+    ActionType,
+    ConnectorSpec,
+    Result,
+    common,
+    scrub,
+    secret_forms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +102,54 @@ class SalesforceSettings(StrictModel):
     ) = None
     api_version: str = Field("59.0", pattern=r"^\d+\.\d$")
     timeout: PositiveDuration = Field(15, description="For every HTTP call to Salesforce.")
+
+
+# -- the action types, as rules write them ---------------------------------------------------------
+
+ApiName = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="A Salesforce API name: Contact, Gu1_External_Id__c"),
+]
+Fields = Annotated[dict[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")], Templated], Field(min_length=1)]
+
+
+class SalesforceUpsert(ActionParams):
+    """Create or update a record by an external id field: one API call."""
+
+    type: ClassVar[str] = "salesforce.upsert"
+    object: ApiName
+    external_id_field: ApiName
+    external_id: TemplatedText
+    fields: Fields
+
+
+class SalesforceUpdate(ActionParams):
+    """Update a record found by its record id, or by an external id field."""
+
+    type: ClassVar[str] = "salesforce.update"
+    object: ApiName
+    record_id: TemplatedText | None = None
+    external_id_field: ApiName | None = None
+    external_id: TemplatedText | None = None
+    fields: Fields
+
+    @model_validator(mode="after")
+    def _one_way_to_find_it(self) -> SalesforceUpdate:
+        by_id = self.record_id is not None
+        by_external = self.external_id_field is not None or self.external_id is not None
+        if by_id == by_external:
+            raise ValueError("give either record_id, or external_id_field and external_id")
+        if by_external and (self.external_id_field is None or self.external_id is None):
+            raise ValueError("external_id_field and external_id go together")
+        return self
+
+
+class SalesforceCreate(ActionParams):
+    """Create a record, for example a Case or a Task for compliance review."""
+
+    type: ClassVar[str] = "salesforce.create"
+    object: ApiName
+    fields: Fields
 
 
 class TimeoutSession(requests.Session):
@@ -313,4 +373,23 @@ def target_of(action_type: str, params: dict[str, Any]) -> str | None:
     return None
 
 
-__all__ = ["SalesforceConnector", "SalesforceSettings", "classify", "target_of"]
+CONNECTOR = ConnectorSpec(
+    name="salesforce",
+    description="Where salesforce.* actions go.",
+    settings=SalesforceSettings,
+    client=SalesforceConnector,
+    classify=classify,
+    actions=(
+        ActionType(
+            SalesforceUpsert, target=lambda params: target_of("salesforce.upsert", params), repeat_harmless=True
+        ),
+        ActionType(
+            SalesforceUpdate, target=lambda params: target_of("salesforce.update", params), repeat_harmless=True
+        ),
+        ActionType(SalesforceCreate),  # a repeat makes a second record
+    ),
+    dry_run_notice="Salesforce has no credentials (connectors.salesforce.auth): salesforce.* actions run dry, "
+    "rendered and recorded but never sent.",
+)
+
+__all__ = ["CONNECTOR", "SalesforceConnector", "SalesforceSettings", "classify", "target_of"]

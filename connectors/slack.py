@@ -1,7 +1,8 @@
 """Slack through slack-sdk: chat.postMessage with a bot token, or an incoming webhook.
 
-slack-sdk's own retry handlers are turned off: a retry waits in the queue, never in a worker.
-`classify` is the one place that decides which failures are worth retrying.
+Its declaration (CONNECTOR, at the end) gives the registry its settings, `slack.post` and the
+ready-made layouts. slack-sdk's own retry handlers are turned off: a retry waits in the queue, never
+in a worker. `classify` is the one place that decides which failures are worth retrying.
 """
 
 from __future__ import annotations
@@ -9,16 +10,28 @@ from __future__ import annotations
 import logging
 import re
 import urllib.error
-from typing import Any
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 from slack_sdk import WebClient, WebhookClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
 
-from gu1sync.schema import PositiveDuration, SecretValue, StrictModel
+from gu1sync.core.templates import Templated, TemplatedText, compile_value
+from gu1sync.core.values import PositiveDuration, SecretValue, StrictModel
 
-from .base import ActionError, ActionMeta, Result, common, retry_after_seconds, scrub, secret_forms
+from .base import (
+    ActionError,
+    ActionMeta,
+    ActionParams,
+    ActionType,
+    ConnectorSpec,
+    Result,
+    common,
+    retry_after_seconds,
+    scrub,
+    secret_forms,
+)
 
 log = logging.getLogger(__name__)
 # slack-sdk's own log lines carry what must not be logged: at DEBUG each request (the message, personal
@@ -154,3 +167,91 @@ class SlackConnector:
             return Result(response.status_code, "posted via incoming webhook")
         except Exception as exc:  # every failure is classified in one place, and no secret leaves in it
             raise scrub(classify(exc), self._secrets) from exc
+
+
+# -- slack.post and its ready-made layouts ----------------------------------------------------------
+# `compliance-alert` reads well at a glance: who, external id, what changed, from what to what, why.
+# Every value from the event is escaped for Slack (`| slack`), so a name such as `<!channel>` cannot
+# notify a whole channel, and every field has a default, so no event lacks one.
+
+# default(x, true): a value that is there but null or empty counts as missing.
+_WHO = "{{ entity.name | default(payload.entityId | default('unknown entity', true), true) | slack }}"
+_EXTERNAL = "{{ entity.externalId | default('—', true) | slack }}"
+_FROM_TO = (
+    "{{ payload.previousStatus | default('—', true) | slack }} → "
+    "{{ payload.status | default(entity.status | default('—', true), true) | slack }}"
+)
+_WHY = (
+    "{{ payload.reason | default(payload.rejectionReason | default(payload.rule.name | default("
+    "payload.warnings | default(['—'], true) | join('; '), true), true), true) | slack }}"
+)
+_WHAT = "{{ event | slack }}{% if payload.changes is mapping %}: {{ payload.changes | join(', ') | slack }}{% endif %}"
+
+LAYOUTS: dict[str, dict[str, Any]] = {
+    "compliance-alert": {
+        "text": f"{_WHAT} for {_WHO} ({_EXTERNAL}): {_FROM_TO}. {_WHY}",
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": "{{ event | truncate(150) }}", "emoji": True}},
+            {
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": f"*Who*\n{_WHO}"},
+                    {"type": "mrkdwn", "text": f"*External id*\n{_EXTERNAL}"},
+                    {"type": "mrkdwn", "text": f"*What changed*\n{_WHAT}"},
+                    {"type": "mrkdwn", "text": f"*From → to*\n{_FROM_TO}"},
+                ],
+            },
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Why*\n{_WHY}"}},
+            {
+                "type": "context",
+                "elements": [
+                    {
+                        "type": "mrkdwn",
+                        "text": "{{ source }} ({{ environment }}) · event {{ id }} · "
+                        "{{ occurred_at | default(received_at, true) | date }}",
+                    }
+                ],
+            },
+        ],
+    }
+}
+
+_COMPILED = {name: compile_value(layout) for name, layout in LAYOUTS.items()}
+
+
+class SlackPost(ActionParams):
+    """Post a message: text and/or Block Kit blocks, or a ready-made layout."""
+
+    type: ClassVar[str] = "slack.post"
+    channel: TemplatedText | None = Field(None, description="#channel or channel id; required with a bot token.")
+    text: TemplatedText | None = Field(None, description="The message, or its fallback text with blocks.")
+    blocks: Templated = Field(None, description="Block Kit blocks (a list); strings inside may be templates.")
+    layout: Literal["compliance-alert"] | None = Field(
+        None, description="compliance-alert: who, external id, what changed, from what to what, why."
+    )
+
+    @model_validator(mode="after")
+    def _something_to_say(self) -> SlackPost:
+        if self.text is None and self.blocks is None and self.layout is None:
+            raise ValueError("give text, blocks or layout")
+        if self.blocks is not None and not isinstance(self.blocks, list):
+            raise ValueError("blocks is a list of Block Kit blocks")
+        return self
+
+
+def with_layout(values: dict[str, Any]) -> dict[str, Any]:
+    """A post's values with its layout's text and blocks, unless the rule gives its own."""
+    layout = values.pop("layout", None)
+    return {**_COMPILED[layout], **values} if layout is not None else values
+
+
+CONNECTOR = ConnectorSpec(
+    name="slack",
+    description="Where slack.post goes.",
+    settings=SlackSettings,
+    client=SlackConnector,
+    classify=classify,
+    actions=(ActionType(SlackPost, prepare=with_layout),),  # a repeated post shows twice
+    dry_run_notice="Slack has no credentials (connectors.slack.token or webhook_url): slack.post actions run "
+    "dry, rendered and recorded but never sent.",
+)

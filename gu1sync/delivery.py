@@ -27,14 +27,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from connectors import ActionError, ActionMeta, Connector, connector_name
-from connectors.salesforce import target_of
-from rules.engine import evaluate
+from connectors import REGISTRY, ActionError, ActionMeta, Connector
+from rules.engine import RuleResult, evaluate
 from rules.model import RetrySettings
 
-from .actionlog import DEAD, DONE, DRY_RUN, RETRYING, SKIPPED
-from .event import Event
-from .store import StoreUnavailable
+from .config import Config
+from .core.records import Action, Event, attempt_job
+from .core.status import ActionStatus, AttemptOutcome, EventStatus
+from .runtime import Runtime, attempt_limits, event_job_limit
+from .storage import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -51,75 +52,57 @@ def backoff_delay(policy: RetrySettings, attempt: int, retry_after: float | None
     return delay
 
 
-def limits(config: Any, action_type: str) -> tuple[float, float]:
-    """(lease, job time limit) for an action: an attempt may make several calls (a login, a lookup,
-    the write, a fresh login and the write again), each within the connector's timeout. RQ stops the
-    job before its lease can expire, so no second attempt can start while the first still runs."""
-    timeout = getattr(config.connectors, connector_name(action_type)).timeout
-    job_limit = 5 * timeout + 5
-    return job_limit + timeout + 10, job_limit
-
-
-EVENT_JOB_SLACK = 30.0  # seconds an event's job may spend on its batch on top of one attempt's limit
-
-
-def event_job_limit(config: Any) -> float:
-    """The RQ time limit of an event's job: enough for one first attempt of the slowest connector
-    and the rest of a batch; first attempts that would not fit in what is left go to jobs of their own."""
-    return max(limits(config, f"{name}.any")[1] for name in ("salesforce", "slack")) + EVENT_JOB_SLACK
+def limits(config: Config, action_type: str) -> tuple[float, float]:
+    """(lease, job time limit) for an action: see ConnectorSpec.limits."""
+    return attempt_limits(config, action_type)
 
 
 @dataclass
 class Attempt:
     """One attempt of one action, from claim to record."""
 
-    ctx: Any  # worker.WorkerContext
-    action: dict
+    runtime: Runtime
+    action: Action
     connector: Connector
     lease: float
     job_limit: float
     event: Event | None = None  # the action's event, when the caller has it at hand
 
-    @property
-    def holder(self) -> str:
-        """Who holds a record lock: this attempt, not just this action (a later attempt is someone else)."""
-        return f"{self.action['id']}#{self.action['attempts']}"
-
     def run(self) -> dict:
-        action, ctx = self.action, self.ctx
+        action, runtime = self.action, self.runtime
         started = time.perf_counter()
-        event = self.event if self.event is not None else ctx.store.event(action["event_id"])
-        params: dict[str, Any] = action["params"]
-        meta = ActionMeta(action["id"], action["event_id"], action["rule"])
+        event = self.event if self.event is not None else runtime.store.event(action.event_id)
+        params: dict[str, Any] = action.params or {}
+        meta = ActionMeta(action.id, action.event_id, action.rule)
         if self.connector.dry_run:
             return self._end(
                 started,
-                "dry_run",
-                DRY_RUN,
+                AttemptOutcome.DRY_RUN,
+                ActionStatus.DRY_RUN,
                 result=f"not sent: connectors.{self.connector.name} has no credentials (dry run)",
             )
-        target = target_of(action["type"], params) if self.connector.name == "salesforce" else None
+        target = REGISTRY.action(action.type).target(params)
         if target is None or event is None or event.occurred_at is None:
             return self._call(started, params, meta, None)
-        if not ctx.actions.lock(target, self.holder, self.lease):
+        if not runtime.actions.lock(target, action.holder, self.lease):
             return self._defer(started, "another action is writing the same record")
         try:
             return self._ordered(started, params, meta, target, event)
         finally:
             try:
-                ctx.actions.unlock(target, self.holder)
+                runtime.actions.unlock(target, action.holder)
             except StoreUnavailable as exc:  # the lock ends with the lease; the outcome is what mattered
-                log.warning("action=%s: record lock not released (%s); it lapses with the lease", action["id"], exc)
+                log.warning("action=%s: record lock not released (%s); it lapses with the lease", action.id, exc)
 
     def _ordered(self, started: float, params: dict, meta: ActionMeta, target: str, event: Event) -> dict:
         fields = list(params["fields"])
-        newer = self.ctx.actions.newer(target, fields, event.occurred_at)
+        newer = self.runtime.actions.newer(target, fields, event.occurred_at)
         if newer and set(newer) == set(fields):
             when, by = max(newer.values())
             return self._end(
                 started,
-                "skipped",
-                SKIPPED,
+                AttemptOutcome.SKIPPED,
+                ActionStatus.SKIPPED,
                 error=f"stale: this event occurred at {event.occurred_at}; {target} was already written by "
                 f"event {by}, which occurred at {when}",
             )
@@ -132,51 +115,65 @@ class Attempt:
 
     def _call(self, started: float, params: dict, meta: ActionMeta, written: tuple | None, note: str | None = None):
         try:
-            result = self.connector.execute(self.action["type"], params, meta)
+            result = self.connector.execute(self.action.type, params, meta)
         except ActionError as error:
             return self._failed(started, error)
         except Exception as exc:  # a bug of ours: keep it as a dead letter, with the traceback in the log
-            log.exception("action=%s: unexpected error", self.action["id"])
+            log.exception("action=%s: unexpected error", self.action.id)
             return self._failed(started, ActionError(f"unexpected {type(exc).__name__}: {exc}", retryable=False))
         summary = result.summary + (f"; {note}" if note else "")
-        return self._end(started, "ok", DONE, status_code=result.status_code, result=summary, written=written)
+        return self._end(
+            started,
+            AttemptOutcome.OK,
+            ActionStatus.DONE,
+            status_code=result.status_code,
+            result=summary,
+            written=written,
+        )
 
     def _failed(self, started: float, error: ActionError) -> dict:
         # Attempts since the last replay count: a replayed action gets a fresh set of retries.
-        attempt = self.action["attempts"] - self.action["retry_base"]
-        policy = self.ctx.config.retry_for(self.action["rule"])
+        attempt = self.action.attempts_since_replay
+        policy = self.runtime.config.retry_for(self.action.rule)
         if error.retryable and attempt < policy.max_attempts:
-            delay = backoff_delay(policy, attempt, error.retry_after, self.ctx.rng)
-            return self._again(started, "retry", error.message, delay, error.status_code, count=True)
+            delay = backoff_delay(policy, attempt, error.retry_after, self.runtime.rng)
+            return self._again(started, AttemptOutcome.RETRY, error.message, delay, error.status_code, count=True)
         message = error.message
         if error.retryable:
             message += f" (gave up after {attempt} attempt{'s' if attempt > 1 else ''})"
-        return self._end(started, "failed", DEAD, error=message, status_code=error.status_code, code=error.code)
+        return self._end(
+            started,
+            AttemptOutcome.FAILED,
+            ActionStatus.DEAD,
+            error=message,
+            status_code=error.status_code,
+            code=error.code,
+        )
 
     def _defer(self, started: float, why: str) -> dict:
         # Not an attempt: the record is busy. Try again shortly, without using up an attempt.
-        return self._again(started, "deferred", why, self.ctx.rng.uniform(0.5, 2.0), None, count=False)
+        return self._again(started, AttemptOutcome.DEFERRED, why, self.runtime.rng.uniform(0.5, 2.0), None, count=False)
 
     def _again(self, started: float, outcome: str, error: str, delay: float, status_code: int | None, count: bool):
         action = self.action
         # The n-th attempt runs as job <action>-<n>; a deferral reuses n, so its job needs a name of its own.
-        job_id = f"{action['id']}-{action['attempts'] + 1 if count else action['attempts']}"
+        job_id = attempt_job(action.id, action.attempts + 1 if count else action.attempts)
         if not count:
             job_id += f"-d{time.time_ns() // 1_000_000}"
-        next_at = self.ctx.store.clock() + timedelta(seconds=delay)
+        next_at = self.runtime.clock() + timedelta(seconds=delay)
         self._end(
             started,
             outcome,
-            RETRYING,
+            ActionStatus.RETRYING,
             error=error,
             status_code=status_code,
             next_attempt_at=next_at,
             job_id=job_id,
             count_attempt=count,
         )
-        if not self.ctx.queue.enqueue_action(action["id"], job_id, delay=delay, timeout=self.job_limit):
-            log.warning("action=%s: retry not queued (Redis); the sweep will queue it when due", action["id"])
-        return {"action": action["id"], "outcome": outcome, "retry_in": round(delay, 1)}
+        if not self.runtime.queue.enqueue_action(action.id, job_id, delay=delay, timeout=self.job_limit):
+            log.warning("action=%s: retry not queued (Redis); the sweep will queue it when due", action.id)
+        return {"action": action.id, "outcome": outcome, "retry_in": round(delay, 1)}
 
     def _finish(self, started: float, **fields: Any) -> bool:
         """Record the attempt's outcome, trying again while SQLite is locked: the call has been made, and
@@ -185,47 +182,40 @@ class Attempt:
         deadline = started + self.job_limit - 1
         while True:
             try:
-                return self.ctx.actions.finish(self.action, **fields)
+                return self.runtime.actions.finish(self.action, **fields)
             except StoreUnavailable:
-                if time.perf_counter() + self.ctx.store.busy_timeout > deadline:
+                if time.perf_counter() + self.runtime.store.busy_timeout > deadline:
                     raise
-                log.warning("action=%s: outcome not recorded yet (SQLite is busy); trying again", self.action["id"])
+                log.warning("action=%s: outcome not recorded yet (SQLite is busy); trying again", self.action.id)
 
     def _end(self, started: float, outcome: str, status: str, *, code: str | None = None, **fields: Any) -> dict:
+        action = self.action
         duration = (time.perf_counter() - started) * 1000
         if not self._finish(started, outcome=outcome, status=status, duration_ms=duration, **fields):
             log.warning(
                 "action=%s attempt=%d outcome=%s came after its lease expired; another attempt has the action",
-                self.action["id"],
-                self.action["attempts"],
+                action.id,
+                action.attempts,
                 outcome,
             )
-            return {"action": self.action["id"], "outcome": outcome, "status": "superseded"}
+            return {"action": action.id, "outcome": outcome, "status": "superseded"}
         log.info(
             "action=%s rule=%s type=%s attempt=%d outcome=%s status=%s code=%s ms=%.0f",
-            self.action["id"],
-            self.action["rule"],
-            self.action["type"],
-            self.action["attempts"],
+            action.id,
+            action.rule,
+            action.type,
+            action.attempts,
             outcome,
             fields.get("status_code") or "-",
             code or "-",
             duration,
         )
-        return {"action": self.action["id"], "outcome": outcome, "status": status}
-
-
-def run_action(action_id: str) -> dict:
-    """RQ job: one attempt of one action. Does nothing if the action is done, dead, or not due."""
-    from .worker import context
-
-    ctx = context()
-    return attempt(ctx, ctx.config, action_id)
+        return {"action": action.id, "outcome": outcome, "status": status}
 
 
 def attempt(
-    ctx: Any,
-    config: Any,
+    runtime: Runtime,
+    config: Config,
     action_id: str,
     *,
     action_type: str | None = None,
@@ -239,90 +229,88 @@ def attempt(
     start while this one may still be running.
     """
     if action_type is None:
-        row = ctx.actions.get(action_id)
-        if row is None:
+        known = runtime.actions.get(action_id)
+        if known is None:
             log.warning("action=%s: no such action", action_id)
             return {"action": action_id, "skipped": True}
-        action_type = row["type"]
-    connector = ctx.connectors.get(action_type, config.connectors)
+        action_type = known.type
+    connector = runtime.connectors.get(action_type, config.connectors)
     lease, job_limit = limits(config, action_type)
     if killed_within is not None:
         lease = max(lease, killed_within + 10)
-    action = ctx.actions.claim(action_id, lease)
+    action = runtime.actions.claim(action_id, lease)
     if action is None:
         log.info("skip action=%s: not due (done, dead, running or waiting for its retry)", action_id)
         return {"action": action_id, "skipped": True}
-    if action["interrupted"]:
+    if action.interrupted:
         log.warning("action=%s: its previous attempt was interrupted (worker stopped); trying again", action_id)
-    return Attempt(ctx, action, connector, lease, job_limit, event).run()
+    return Attempt(runtime, action, connector, lease, job_limit, event).run()
+
+
+UNFINISHED = (EventStatus.RECEIVED, EventStatus.PROCESSING, EventStatus.FAILED)
 
 
 def replay(
-    ctx: Any, *, event_id: str | None = None, action_id: str | None = None, since: str | None = None
+    runtime: Runtime, *, event_id: str | None = None, action_id: str | None = None, since: str | None = None
 ) -> list[str]:
     """Dead actions go again, rendered with the config in force now; returns a line per action or event.
 
     Events that never finished processing are queued again as a whole.
     """
-    config = ctx.config
+    config = runtime.config
     lines: list[str] = []
     if action_id is not None:
-        row = ctx.actions.get(action_id)
-        if row is None:
+        found = runtime.actions.get(action_id)
+        if found is None:
             return [f"{action_id}: no such action"]
-        dead = [row] if row["status"] == DEAD else []
-        if not dead:
-            return [f"{action_id}: not replayed, it is {row['status']} (only dead actions are replayed)"]
+        if found.status != ActionStatus.DEAD:
+            return [f"{action_id}: not replayed, it is {found.status} (only dead actions are replayed)"]
+        dead = [found]
     else:
-        query = "SELECT id FROM actions WHERE status = ?"
-        args: list[Any] = [DEAD]
-        if event_id is not None:
-            query += " AND event_id = ?"
-            args.append(event_id)
-        if since is not None:
-            query += " AND updated_at >= ?"
-            args.append(since)
-        dead = [ctx.actions.get(row[0]) for row in ctx.store.db.execute(query + " ORDER BY updated_at", args)]
+        dead = runtime.actions.dead(event_id=event_id, since=since)
     if event_id is not None:
-        event = ctx.store.event(event_id)
+        event = runtime.store.event(event_id)
         if event is None:
             return [f"{event_id}: no such event"]
-        if event.status in ("received", "processing", "failed"):
-            ctx.store.retry_failed(event_id)  # a failed event becomes received again
-            queued, state = ctx.queue.requeue_event(event_id)
+        if event.status in UNFINISHED:
+            runtime.store.retry_failed(event_id)  # a failed event becomes received again
+            queued, state = runtime.queue.requeue_event(event_id)
             if queued:
                 lines.append(f"{event_id}: event queued to be processed again")
             else:
                 lines.append(f"{event_id}: event will be processed again (its job is {state or 'on its way'})")
         elif not dead:
             lines.append(f"{event_id}: nothing to replay (no dead actions)")
-    by_event: dict[str, list[dict]] = {}
-    for row in dead:
-        by_event.setdefault(row["event_id"], []).append(row)
-    for owner, rows in by_event.items():
-        event = ctx.store.event(owner)
-        results = {result.rule: result for result in evaluate(config.rules, event)}
-        for row in rows:
-            lines.append(_replay_one(ctx, config, row, results.get(row["rule"])))
+    by_event: dict[str, list[Action]] = {}
+    for action in dead:
+        by_event.setdefault(action.event_id, []).append(action)
+    for owner, actions in by_event.items():
+        event = runtime.store.event(owner)
+        results = {result.rule: result for result in evaluate(config.rules, event)} if event else {}
+        for action in actions:
+            lines.append(_replay_one(runtime, config, action, results.get(action.rule)))
     return lines
 
 
-def _replay_one(ctx: Any, config: Any, row: dict, result: Any) -> str:
-    name = f"{row['id']} ({row['rule']} #{row['action_index']} {row['type']})"
+def _replay_one(runtime: Runtime, config: Config, action: Action, result: RuleResult | None) -> str:
+    name = f"{action.id} ({action.rule} #{action.action_index} {action.type})"
     if result is None:
         return f"{name}: not replayed, the rule is no longer in the config"
     if not result.matched:
         return f"{name}: not replayed, the rule no longer matches: {result.reason}"
     if result.mode == "shadow":
         return f"{name}: not replayed, the rule is in shadow mode now"
-    rendered = next((a for a in result.actions if a.index == row["action_index"]), None)
-    if rendered is None or rendered.type != row["type"]:
-        return f"{name}: not replayed, the rule's action #{row['action_index']} is not a {row['type']} any more"
+    rendered = next((a for a in result.actions if a.index == action.action_index), None)
+    if rendered is None or rendered.type != action.type:
+        return f"{name}: not replayed, the rule's action #{action.action_index} is not a {action.type} any more"
     if rendered.error:
         return f"{name}: not replayed, it still cannot be rendered: {rendered.error}"
-    if not ctx.actions.reset(row["id"], rendered.params, config.digest):
+    if not runtime.actions.reset(action.id, rendered.params or {}, config.digest):
         return f"{name}: not replayed, it is no longer dead"
-    job_id = f"{row['id']}-{row['attempts'] + 1}"
-    ctx.actions.set_job(row["id"], job_id)
-    queued = ctx.queue.enqueue_action(row["id"], job_id, timeout=limits(config, row["type"])[1])
+    job_id = attempt_job(action.id, action.attempts + 1)
+    runtime.actions.set_job(action.id, job_id)
+    queued = runtime.queue.enqueue_action(action.id, job_id, timeout=limits(config, action.type)[1])
     return f"{name}: queued again" + ("" if queued else " (Redis is down: the sweep will queue it)")
+
+
+__all__ = ["Attempt", "attempt", "backoff_delay", "event_job_limit", "limits", "replay"]

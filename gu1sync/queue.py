@@ -28,13 +28,16 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import utcparse
 
-from .store import Store
-from .timeutil import Clock, utcnow
+from .core.records import attempt_job
+from .core.status import ActionStatus
+from .core.timeutil import Clock, utcnow
+from .storage import ActionLog, Store
 
 log = logging.getLogger(__name__)
 
-PROCESS_EVENT = "gu1sync.worker.process_event"
-RUN_ACTION = "gu1sync.delivery.run_action"
+# The jobs, by the names RQ imports them by (gu1sync.jobs is the only module named here).
+PROCESS_EVENT = "gu1sync.jobs.process_event"
+RUN_ACTION = "gu1sync.jobs.run_action"
 RESULT_TTL = 24 * 3600  # a finished job's hash stays this long; `unique` refuses a second enqueue meanwhile
 # A failed job keeps its traceback, whose last line may quote event data: a week, not RQ's year. The
 # work itself is in SQLite (`failed` events, dead actions), where retention reaches it.
@@ -251,8 +254,6 @@ class EventQueue:
         again too. Work younger than `grace` seconds is left to whoever is queueing it right now.
         Raises RedisError when Redis is still down.
         """
-        from .actionlog import ActionLog
-
         actions = ActionLog(self.store)
         queued = []
         for events in self.store.unfinished(received_before=self.clock() - timedelta(seconds=grace)):
@@ -262,7 +263,9 @@ class EventQueue:
         for rows in actions.due(grace):
             # A running action's next job is its next attempt; a pending or retrying one has its job named.
             jobs = [
-                row["job_id"] if row["status"] != "running" and row["job_id"] else f"{row['id']}-{row['attempts'] + 1}"
+                row["job_id"]
+                if row["status"] != ActionStatus.RUNNING and row["job_id"]
+                else attempt_job(row["id"], row["attempts"] + 1)
                 for row in rows
             ]
             for row, job_id, state in zip(rows, jobs, self._job_states(jobs, grace), strict=True):
@@ -288,7 +291,7 @@ class BackgroundEnqueuer:
     """Queues the receiver's events from a thread of its own: a request answers as soon as its event
     is committed to SQLite, and RQ's cost per job is paid per burst, not per event.
 
-    A job takes the next stored events after its own (worker.process_event) and, when it stops with
+    A job takes the next stored events after its own (jobs.process_event) and, when it stops with
     some still waiting, queues the next one's job: so a job queued after an event was committed is
     enough to get that event processed. This thread queues a job for each event as it comes, but at
     most one per RING_INTERVAL: an event that comes sooner waits for the end of that interval, and
@@ -343,3 +346,24 @@ class BackgroundEnqueuer:
         if self._thread.is_alive():
             self._ids.put(None)
             self._thread.join(timeout)
+
+
+def wait_for_redis(url: str, patience: float | None = None) -> bool:
+    """Block until Redis answers (True), or until `patience` seconds have passed (False)."""
+    client = redis_client(url, connect_timeout=2, timeout=2)
+    started = last_said = time.monotonic()
+    said = False
+    while True:
+        try:
+            client.ping()
+            if said:
+                log.info("redis at %s answers again", redact(url))
+            return True
+        except RedisError as exc:
+            now = time.monotonic()
+            if patience is not None and now - started >= patience:
+                return False
+            if not said or now - last_said >= 30:
+                log.warning("waiting for redis at %s (%s)", redact(url), type(exc).__name__)
+                said, last_said = True, now
+            time.sleep(1)

@@ -1,15 +1,10 @@
-"""What the operator commands show: recent events, one event's whole trace, dead letters, statistics.
-
-Each function returns data (for --json) and has a formatter for the terminal.
-"""
+"""How the operator commands show what they found: recent events, one event's whole trace, dead
+letters, statistics, as text for the terminal or JSON (the data comes from gu1sync.storage)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
-
-from .actionlog import ActionLog
-from .store import Store
 
 
 def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
@@ -21,24 +16,6 @@ def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     lines = ["  ".join(heading.ljust(w) for (_, heading), w in zip(columns, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)).rstrip() for cell in cells]
     return "\n".join(lines)
-
-
-def recent_events(store: Store, limit: int = 20, status: str | None = None) -> list[dict]:
-    """The newest events with how they came out: rules matched, and actions by status."""
-    where, args = ("WHERE e.status = ?", [status]) if status else ("", [])
-    rows = list(
-        store.db.query(
-            f"""SELECT e.id, e.received_at, e.source, e.type, e.status, e.outcome, e.error,
-                       (SELECT COUNT(*) FROM evaluations v WHERE v.event_id = e.id AND v.matched) AS matched,
-                       (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id) AS deliveries,
-                       (SELECT group_concat(status || ':' || n, ' ') FROM
-                          (SELECT status, COUNT(*) AS n FROM actions a WHERE a.event_id = e.id GROUP BY status))
-                         AS actions
-                FROM events e {where} ORDER BY e.received_at DESC LIMIT ?""",
-            (*args, limit),
-        )
-    )
-    return rows
 
 
 def format_events(rows: list[dict]) -> str:
@@ -55,26 +32,6 @@ def format_events(rows: list[dict]) -> str:
             ("deliveries", "DELIVERIES"),
         ],
     )
-
-
-def trace(store: Store, actions: ActionLog, event_id: str) -> dict | None:
-    """Everything known about one event: receipt, deliveries, rules and why, actions and their attempts."""
-    rows = list(store.db.query("SELECT * FROM events WHERE id = ?", (event_id,)))
-    if not rows:
-        return None
-    event = rows[0]
-    event.pop("raw")
-    event_actions = []
-    for row in store.actions(event_id):
-        row["params"] = json.loads(row["params"]) if row["params"] else None
-        row["attempt_log"] = actions.attempts(row["id"])
-        event_actions.append(row)
-    return {
-        "event": event,
-        "deliveries": store.deliveries(event_id),
-        "rules": store.evaluations(event_id),
-        "actions": event_actions,
-    }
 
 
 def format_trace(data: dict) -> str:

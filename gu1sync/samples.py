@@ -13,32 +13,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .timeutil import iso, utcnow
+from .core.timeutil import iso, utcnow
+from .kinds.gu1 import ENTITY_EVENTS, FUTURE_EVENTS, KNOWN_EVENTS, KYC_EVENTS, KYC_STATUSES, RULE_EVENTS
 
-ENTITY_EVENTS = ("entity.created", "entity.updated", "entity.status_changed")
-KYC_STATUSES = {
-    "created": "pending",
-    "in_progress": "in_progress",
-    "in_review": "in_review",
-    "approved": "approved",
-    "rejected": "rejected",
-    "abandoned": "abandoned",
-    "expired": "expired",
-    "cancelled": "cancelled",
-}
-KYC_EVENTS = tuple(f"kyc.validation_{name}" for name in KYC_STATUSES)
-RULE_EVENTS = ("rule.triggered",)
-# Announced by Gu1 as "coming soon": accepted and stored, matched by no rule unless one asks.
-FUTURE_EVENTS = (
-    "transaction.created",
-    "transaction.updated",
-    "transaction.flagged",
-    "alert.created",
-    "alert.resolved",
-    "alert.status_changed",
-    "entity.deleted",
-)
-KNOWN_EVENTS = ENTITY_EVENTS + KYC_EVENTS + RULE_EVENTS
+# The status a KYC validation has in each kyc.* event (`created` is still pending).
+VALIDATION_STATUS = {name: "pending" if name == "created" else name for name in KYC_STATUSES}
 GENERATIONS = ("current", "legacy")
 
 
@@ -141,7 +120,7 @@ def sample(
 
 def _kyc_payload(event: str, generation: str, person: dict, rng: random.Random, stamp: str) -> dict[str, Any]:
     name = event.removeprefix("kyc.validation_")
-    status = KYC_STATUSES[name]
+    status = VALIDATION_STATUS[name]
     validation_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
     terminal = name in ("approved", "rejected")
     extracted = {
@@ -199,3 +178,6 @@ def _kyc_payload(event: str, generation: str, person: dict, rng: random.Random, 
     if name == "abandoned":
         payload["lastStep"] = "document_upload"
     return payload
+
+
+__all__ = ["ENTITY_EVENTS", "FUTURE_EVENTS", "GENERATIONS", "KNOWN_EVENTS", "KYC_EVENTS", "RULE_EVENTS", "sample"]

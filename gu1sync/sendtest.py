@@ -16,8 +16,9 @@ from typing import Any
 
 from . import samples
 from .config import Config
+from .core.timeutil import iso, utcnow
 from .kinds import kind_for
-from .timeutil import iso, utcnow
+from .storage import Store
 
 SETTLED = ("done", "dead", "skipped", "dry_run", "shadow", "throttled")
 
@@ -79,7 +80,7 @@ def _decode(raw: bytes) -> Any:
         return raw.decode(errors="replace")
 
 
-def follow(store: Any, event_id: str, wait: float) -> str:
+def follow(store: Store, event_id: str, wait: float) -> str:
     """Wait up to `wait` seconds for the event to be processed and its actions to settle.
 
     Returns why it stopped waiting: settled, not_found (this machine's SQLite never saw it),

@@ -20,11 +20,12 @@ import threading
 import time
 from pathlib import Path
 
-from .configfile import ENV_ONLY, ConfigError, parse_yaml
-from .queue import redact
-from .worker import wait_for_redis
+from .core.values import as_list
+from .core.yamlfile import ENV_ONLY, ConfigError, parse_yaml
+from .queue import redact, redis_client, wait_for_redis
 
 log = logging.getLogger("gu1sync.run")
+# Where the gu1sync package lies (the project, or site-packages once installed): children run from here.
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL_REDIS = "redis-server is not installed: sudo apt install redis-server (Debian/Ubuntu), or set REDIS_URL"
 
@@ -55,15 +56,13 @@ def secret_variables(config_path: str) -> list[str]:
     names = []
     for source in sources.values() if isinstance(sources, dict) else ():
         entries = source.get("secrets") if isinstance(source, dict) else None
-        for entry in [entries] if isinstance(entries, str) else entries or ():
+        for entry in as_list(entries) or ():
             if isinstance(entry, str) and (match := ENV_ONLY.match(entry)):
                 names.append(match.group(1))
     return names
 
 
 def _answers(url: str) -> bool:
-    from .queue import redis_client
-
     try:
         return bool(redis_client(url, connect_timeout=1, timeout=1).ping())
     except Exception:  # noqa: BLE001 - any failure means: not ours to use
@@ -153,7 +152,7 @@ class Supervisor:
                 return 1
         elif not wait_for_redis(redis_url, patience=3):
             log.warning("redis at %s does not answer yet: webhooks are still accepted, workers wait", redact(redis_url))
-        base = [sys.executable, str(ROOT / "app.py"), "--config", self.config_path]
+        base = [sys.executable, "-m", "gu1sync", "--config", str(Path(self.config_path).resolve())]
         self.children.append(("receiver", self._spawn("receiver", [*base, "serve", "--bind", self.bind])))
         workers = [*base, "worker", "--processes", str(self.processes)]
         self.children.append(("workers", self._spawn("workers", workers)))

@@ -11,12 +11,11 @@ import re
 from typing import Annotated, Any, Literal, TypeVar
 
 import regex
-from pydantic import BeforeValidator, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
+from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 
-from gu1sync.schema import CUSTOM_MESSAGES, StrictModel, one_or_many
-from gu1sync.timeutil import parse_iso
-
-from .paths import MISSING, parse_path, resolve
+from gu1sync.core.paths import MISSING, parse_path, resolve
+from gu1sync.core.timeutil import parse_iso
+from gu1sync.core.values import CUSTOM_MESSAGES, OneOrMany, StrictModel, as_list, did_you_mean
 
 OPERATORS = tuple("eq ne in not_in contains starts_with ends_with matches exists gt gte lt lte".split())
 SHORTHANDS = ("entity_types", "status_changes", "rule_severity", "rule_ids", "changed")
@@ -66,13 +65,9 @@ def _ordered(actual: Any, expected: Any) -> tuple[Any, Any] | None:
     return (left, right) if left is not None and right is not None else None
 
 
-def _listed(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
-
-
 T = TypeVar("T")
 # One value or a list of them (`entity_types: person`), at least one.
-Listed = Annotated[list[T], BeforeValidator(_listed), Field(min_length=1, json_schema_extra=one_or_many)]
+Listed = Annotated[OneOrMany[T], Field(min_length=1)]
 
 
 class FieldCondition(StrictModel):
@@ -286,7 +281,7 @@ class StatusChanges(StrictModel):
     def holds(self, ctx: dict) -> bool:
         change = self.status_changes
         for wanted, path in ((change.from_, ("payload", "previousStatus")), (change.to, ("payload", "status"))):
-            if wanted is not None and resolve(ctx, path) not in _listed(wanted):
+            if wanted is not None and resolve(ctx, path) not in as_list(wanted):
                 return False
         return True
 
@@ -394,7 +389,6 @@ for _model in (AllOf, AnyOf, NotOf):
 
 def unknown_condition_message(value: Any) -> str:
     """What to say about a mapping that is no kind of condition."""
-    from gu1sync.schema import did_you_mean
 
     kinds = ", ".join(("field", *COMBINATORS, *SHORTHANDS))
     if isinstance(value, dict) and value:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gu1sync.event import Event
+from connectors import REGISTRY
+from gu1sync.core.records import Event
+from gu1sync.core.templates import TemplateError, render_value
 
-from .layouts import COMPILED
 from .model import Rule
-from .templates import TemplateError, render_value
 
 
 def context_for(event: Event) -> dict[str, Any]:
@@ -84,9 +84,9 @@ def render_actions(rule: Rule, context: dict[str, Any]) -> list[RenderedAction]:
         values = {
             name: getattr(params, name) for name in type(params).model_fields if getattr(params, name) is not None
         }
-        layout = values.pop("layout", None)
-        if layout is not None:  # the layout's text and blocks, unless the rule gives its own
-            values = {**COMPILED[layout], **values}
+        prepare = REGISTRY.action(params.type).prepare
+        if prepare is not None:  # e.g. a ready-made layout's text and blocks
+            values = prepare(values)
         try:
             rendered.append(RenderedAction(index, params.type, render_value(values, context)))
         except TemplateError as exc:

@@ -8,17 +8,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator
 
-from gu1sync.schema import Name, PositiveDuration, StrictModel, many_means_all, one_or_many
+from connectors import ActionParams
+from gu1sync.core.templates import Template, compile_value
+from gu1sync.core.values import Name, OneOrMany, PositiveDuration, StrictModel, many_means_all
 
-from .actions import Action, Params
+from .actions import Action
 from .conditions import AllOf, Condition
-from .templates import Template, compile_value
 
 _PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]-]+$")
-
-
-def _listed(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
 
 
 class Throttle(StrictModel):
@@ -55,12 +52,10 @@ class Rule(StrictModel):
     mode: Literal["live", "shadow"] = Field(
         "live", description="shadow: render and record the actions, never call the connector."
     )
-    on: Annotated[list[str], Field(min_length=1)] = Field(
-        description="Event types: a type, a list, or globs such as entity.* and kyc.*", json_schema_extra=one_or_many
+    on: Annotated[OneOrMany[str], Field(min_length=1)] = Field(
+        description="Event types: a type, a list, or globs such as entity.* and kyc.*"
     )
-    sources: list[str] | None = Field(
-        None, description="Only events from these sources.", json_schema_extra=one_or_many
-    )
+    sources: OneOrMany[str] | None = Field(None, description="Only events from these sources.")
     environment: Literal["sandbox", "production"] | None = Field(None, description="Only events from it.")
     when: Condition | None = Field(
         None, description="Conditions; a list means all of them.", json_schema_extra=many_means_all
@@ -70,11 +65,6 @@ class Rule(StrictModel):
     actions: Annotated[list[Action], Field(min_length=1)]
 
     _patterns: tuple[re.Pattern, ...] = PrivateAttr(())
-
-    @field_validator("on", "sources", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return _listed(value)
 
     @field_validator("on")
     @classmethod
@@ -97,7 +87,7 @@ class Rule(StrictModel):
         return event_type is not None and any(p.match(event_type) for p in self._patterns)
 
     @property
-    def params(self) -> list[Params]:
+    def params(self) -> list[ActionParams]:
         """The actions' parameters, in order."""
         return [action.params for action in self.actions]
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import redis
 from rq.job import Job
 
-from gu1sync.store import action_id
+from gu1sync.core.records import action_id
 from tests.emulators.salesforce import SalesforceEmulator
 from tests.emulators.slack import SlackEmulator
 from tests.helpers import dumps, gu1_headers, wait_until

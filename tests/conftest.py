@@ -23,7 +23,6 @@ import pytest
 import redis
 
 from gu1sync.config import Config, parse_config
-from gu1sync.queue import EventQueue
 from tests.helpers import SECRETS, FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,26 +267,14 @@ def clock() -> FakeClock:
 def make_app(make_config, redis_conn, clock):
     """Build the receiver app on a real SQLite file and the test Redis."""
     from app import create_app
+    from gu1sync.runtime import Runtime
 
-    def build(config: Config | None = None, *, connection=None, **kwargs):
+    def build(config: Config | None = None, *, connection=None):
         config = config or make_config()
-        queue = EventQueue(
-            "redis://test",
-            config.queue.name,
-            _store_for(config, clock),
-            clock,
-            connection=connection or redis_conn,
-            **kwargs,
-        )
-        return create_app(config, store=queue.store, queue=queue, clock=clock)
+        runtime = Runtime.for_service(config, role="receiver", clock=clock, redis=connection or redis_conn)
+        return create_app(runtime)
 
     return build
-
-
-def _store_for(config: Config, clock):
-    from gu1sync.store import Store
-
-    return Store(config.storage_path, config.storage.busy_timeout, clock)
 
 
 @pytest.fixture

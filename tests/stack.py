@@ -22,7 +22,7 @@ import pytest
 import redis
 from rq.job import Job
 
-from gu1sync.store import Store
+from gu1sync.storage import Store
 from tests.conftest import ROOT, config_text, free_port
 from tests.emulators.base import Request
 from tests.emulators.salesforce import SalesforceEmulator

@@ -14,8 +14,9 @@ from rq.serializers import JSONSerializer
 
 from connectors.salesforce import TimeoutSession
 from gu1sync.delivery import attempt, event_job_limit, limits
-from gu1sync.store import Store
-from gu1sync.worker import Gu1Worker, process_event
+from gu1sync.jobs import process_event
+from gu1sync.storage import Store
+from gu1sync.worker import Gu1Worker
 from tests.test_delivery import actions_of, post, setup, status_changed  # noqa: F401 - setup is a fixture
 
 pytestmark = pytest.mark.real_redis
@@ -101,20 +102,20 @@ def test_an_inline_attempt_holds_its_lease_until_after_the_job_would_be_stopped(
 
 
 def test_a_batch_stops_at_an_event_it_cannot_process_and_leaves_it_for_later(setup, redis_conn, monkeypatch):
-    import gu1sync.worker as worker
+    import gu1sync.jobs as jobs
 
     config, app, ctx = setup()
     good = post(app, status_changed("customer_g", "active", "under_review", "2025-01-08T09:00:00Z"))["id"]
     bad = post(app, status_changed("customer_x", "active", "under_review", "2025-01-08T09:00:01Z"))["id"]
     later = post(app, status_changed("customer_y", "active", "under_review", "2025-01-08T09:00:02Z"))["id"]
-    real = worker.evaluate
+    real = jobs.evaluate
 
     def flaky(rules, event):  # stands for a bug in evaluation, which cannot be caused from outside
         if event.id == bad:
             raise RuntimeError("boom")
         return real(rules, event)
 
-    monkeypatch.setattr(worker, "evaluate", flaky)
+    monkeypatch.setattr(jobs, "evaluate", flaky)
     result = process_event(good)
     assert result["batch"] == 1  # it took `bad`, failed, and stopped there
     assert [ctx.store.event(e).status for e in (good, bad, later)] == ["done", "received", "received"]
@@ -159,7 +160,7 @@ def _evaluate(config, ctx, event_id):
 
 
 def _epoch(text: str) -> float:
-    from gu1sync.timeutil import parse_iso
+    from gu1sync.core.timeutil import parse_iso
 
     return parse_iso(text).timestamp()
 
@@ -176,17 +177,17 @@ def test_a_slow_salesforce_does_not_hold_up_the_slack_post(setup, org, workspace
 
 
 def test_a_job_that_runs_ahead_of_its_attempts_waits_for_one_in_flight(setup, org, monkeypatch):
-    import gu1sync.worker as worker
+    import gu1sync.jobs as jobs
 
     config, app, ctx = setup()
-    monkeypatch.setattr(worker, "ATTEMPT_THREADS", 1)
-    monkeypatch.setattr(worker, "_executor", None)  # a pool of one thread for this test
+    monkeypatch.setattr(jobs, "ATTEMPT_THREADS", 1)
+    monkeypatch.setattr(jobs, "_executor", None)  # a pool of one thread for this test
     events = [
         post(app, status_changed(f"customer_q{n}", "active", "under_review", f"2025-01-08T09:00:0{n}Z"))["id"]
         for n in range(4)
     ]
     org.stall(r"/sobjects/Contact/", 0.2, times=4)
-    first_attempts = worker.FirstAttempts(ctx, worker.JobClock())
+    first_attempts = jobs.FirstAttempts(ctx, jobs.JobClock())
     for event_id in events:
         event = ctx.store.claim(event_id)
         [(action_id, action_type)] = ctx.store.record_evaluation(
@@ -198,4 +199,4 @@ def test_a_job_that_runs_ahead_of_its_attempts_waits_for_one_in_flight(setup, or
         assert len(first_attempts.futures) <= 2
     first_attempts.wait()
     assert len(org.seen("PATCH")) == 4
-    monkeypatch.setattr(worker, "_executor", None)
+    monkeypatch.setattr(jobs, "_executor", None)

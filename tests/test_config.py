@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from gu1sync.cli import cli
 from gu1sync.config import load_config, parse_config
-from gu1sync.configfile import ConfigError
+from gu1sync.core.yamlfile import ConfigError
 from tests.conftest import ROOT
 from tests.helpers import SECRETS
 
@@ -155,7 +155,7 @@ def test_environment_defaults_and_escapes():
 
 def test_only_true_and_false_are_booleans():
     """YAML 1.1 reads `on`, `no` and `yes` as booleans; ops teams mean the words (and Norway)."""
-    from gu1sync.configfile import parse_yaml
+    from gu1sync.core.yamlfile import parse_yaml
 
     doc = parse_yaml("on: x\ncountry: NO\nflag: true\nother: yes\nwhen: 2025-01-01\n", "f.yaml")
     assert doc.data == {"on": "x", "country": "NO", "flag": True, "other": "yes", "when": "2025-01-01"}

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from connectors.base import ActionError, ActionMeta
 from connectors.salesforce import SalesforceConnector, SalesforceSettings
 from connectors.slack import SlackConnector, SlackSettings
-from gu1sync.schema import Secret
+from gu1sync.core.values import Secret
 from tests.emulators.salesforce import LIMIT, LOCKED, NOT_FOUND, UNKNOWN, SalesforceEmulator, malformed
 from tests.emulators.slack import SlackEmulator
 

@@ -19,8 +19,10 @@ from app import create_app
 from connectors import Connectors
 from connectors.salesforce import SalesforceConnector, target_of
 from gu1sync.cli import cli
-from gu1sync.delivery import backoff_delay, run_action
-from gu1sync.worker import Gu1Worker, WorkerContext, process_event, use_context
+from gu1sync.delivery import backoff_delay
+from gu1sync.jobs import process_event, run_action, use_runtime
+from gu1sync.runtime import Runtime
+from gu1sync.worker import Gu1Worker
 from rules.model import RetrySettings
 from tests.emulators.salesforce import LOCKED
 from tests.helpers import SECRETS, dumps, gu1_headers
@@ -78,13 +80,13 @@ def setup(make_config, org, workspace, redis_conn, tmp_path):
         config = make_config(text, environ=ENV)
         app = create_app(config)
         connectors = Connectors({"salesforce": lambda s: SalesforceConnector(s, session=org.client_session())})
-        ctx = WorkerContext.from_config(config, connectors)
+        ctx = Runtime.for_service(config, role="worker", connectors=connectors)
         ctx.rng = random.Random(7)
-        use_context(ctx)
+        use_runtime(ctx)
         return config, app, ctx
 
     yield build
-    use_context(None)
+    use_runtime(None)
 
 
 def status_changed(external_id: str, status: str, previous: str, at: str, reason: str = "compliance review") -> bytes:
@@ -204,11 +206,11 @@ def test_retries_that_run_out_become_dead_letters(setup, workspace, redis_conn):
     event = post(app, status_changed("customer_4", "blocked", "active", "2025-01-08T09:00:00Z"))["id"]
     drain(redis_conn)
     alert = ctx.actions.get(actions_of(ctx, event)["alert-blocked"]["id"])
-    assert (alert["status"], alert["attempts"]) == ("dead", 3)
-    assert alert["error"] == "Slack 500 (gave up after 3 attempts)"
-    assert alert["params"]["channel"] == "#compliance-alerts"  # the rendered request is kept
-    assert [a["outcome"] for a in ctx.actions.attempts(alert["id"])] == ["retry", "retry", "failed"]
-    assert [f["id"] for f in ctx.actions.failed()] == [alert["id"]]
+    assert (alert.status, alert.attempts) == ("dead", 3)
+    assert alert.error == "Slack 500 (gave up after 3 attempts)"
+    assert alert.params["channel"] == "#compliance-alerts"  # the rendered request is kept
+    assert [a["outcome"] for a in ctx.actions.attempts(alert.id)] == ["retry", "retry", "failed"]
+    assert [f["id"] for f in ctx.actions.failed()] == [alert.id]
 
 
 def test_a_permanent_failure_is_dead_at_once_and_replay_after_the_fix_delivers_it(
@@ -227,13 +229,13 @@ def test_a_permanent_failure_is_dead_at_once_and_replay_after_the_fix_delivers_i
     assert result.output.strip() == f"{alert['id']} (alert-blocked #0 slack.post): queued again"
     drain(redis_conn)
     replayed = ctx.actions.get(alert["id"])
-    assert (replayed["status"], replayed["attempts"], replayed["params"]["channel"]) == (
+    assert (replayed.status, replayed.attempts, replayed.params["channel"]) == (
         "done",
         2,
         "#compliance-alerts",
     )
     assert [m["channel"] for m in workspace.messages] == ["C0COMPLIANCE"]
-    assert replayed["config_version"] == fixed.digest
+    assert replayed.config_version == fixed.digest
     again = CliRunner().invoke(cli, ["--config", fixed.file, "replay", "--action", alert["id"]], env=ENV)
     assert "not replayed, it is done" in again.output  # a completed action is not executed again
 
@@ -249,7 +251,7 @@ def test_replay_since_and_what_cannot_be_replayed(setup, workspace, redis_conn):
     result = CliRunner().invoke(cli, ["--config", config.file, "replay", "--since", "1h"], env=ENV)
     assert result.output.count("queued again") == 2
     drain(redis_conn)
-    assert [ctx.actions.get(actions_of(ctx, e)["alert-blocked"]["id"])["attempts"] for e in (first, second)] == [2, 2]
+    assert [ctx.actions.get(actions_of(ctx, e)["alert-blocked"]["id"]).attempts for e in (first, second)] == [2, 2]
     usage = CliRunner().invoke(cli, ["--config", config.file, "replay"], env=ENV)
     assert usage.exit_code == 2
     missing = CliRunner().invoke(cli, ["--config", config.file, "replay", "ev_nope"], env=ENV)
@@ -307,12 +309,12 @@ def test_writes_to_one_record_wait_for_each_other(setup, org, redis_conn):
     process_event(event)  # the event's job makes the first attempts of its actions
     action = actions_of(ctx, event)["status-to-salesforce"]
     deferred = ctx.actions.get(action["id"])
-    assert (deferred["status"], deferred["attempts"]) == ("retrying", 0)  # deferred: no attempt used up
+    assert (deferred.status, deferred.attempts) == ("retrying", 0)  # deferred: no attempt used up
     assert org.seen("PATCH") == []
     assert actions_of(ctx, event)["alert-blocked"]["status"] == "done"  # the post did not wait for it
     ctx.actions.unlock(target, "someone-else")
     drain(redis_conn)
-    assert ctx.actions.get(action["id"])["status"] == "done"
+    assert ctx.actions.get(action["id"]).status == "done"
 
 
 # -- idempotency, dry runs, shadow --------------------------------------------------------------------
@@ -328,7 +330,7 @@ def test_a_completed_action_is_not_executed_again(setup, org, redis_conn):
     assert post(app, body) == {"id": event, "duplicate": True}  # Gu1 delivers it again
     drain(redis_conn)
     assert len(org.seen("PATCH")) == 1
-    assert ctx.actions.get(action["id"])["attempts"] == 1
+    assert ctx.actions.get(action["id"]).attempts == 1
 
 
 def test_a_retryable_salesforce_error_is_retried(setup, org, redis_conn):
@@ -349,13 +351,13 @@ def test_a_retryable_salesforce_error_is_retried(setup, org, redis_conn):
 def test_without_credentials_actions_run_dry(make_config, redis_conn, workspace):
     config = make_config(RULES.format(channel="#compliance-alerts"))
     app = create_app(config)
-    ctx = WorkerContext.from_config(config)
-    use_context(ctx)
+    ctx = Runtime.for_service(config, role="worker")
+    use_runtime(ctx)
     try:
         event = post(app, status_changed("customer_13", "blocked", "active", "2025-01-08T09:00:00Z"))["id"]
         drain(redis_conn)
     finally:
-        use_context(None)
+        use_runtime(None)
     statuses = {rule: (a["status"], a["result"]) for rule, a in actions_of(ctx, event).items()}
     assert statuses == {
         "status-to-salesforce": ("dry_run", "not sent: connectors.salesforce has no credentials (dry run)"),
@@ -427,9 +429,8 @@ def test_backoff_is_exponential_jittered_bounded_and_honours_retry_after():
 @pytest.fixture
 def ledger(tmp_path):
     """An action log on a clock the test moves, with one pending action in it."""
-    from gu1sync.actionlog import ActionLog
-    from gu1sync.event import Event
-    from gu1sync.store import Store
+    from gu1sync.core.records import Event
+    from gu1sync.storage import ActionLog, Store
     from tests.helpers import FakeClock
 
     clock = FakeClock()
@@ -462,15 +463,15 @@ def test_an_attempt_that_outlived_its_lease_changes_nothing(ledger):
     assert actions.lock("salesforce:contact:x:1", "act_1#1", 10)
     clock.advance(11)
     second = actions.claim("act_1", lease=10)  # the first attempt's worker looks dead
-    assert second["attempts"] == 2 and second["interrupted"]
+    assert second.attempts == 2 and second.interrupted
     assert actions.lock("salesforce:contact:x:1", "act_1#2", 10)  # a lock held by a dead attempt expires
     # The first attempt comes back: its outcome is logged, and ignored.
     assert actions.finish(first, outcome="failed", status="dead", duration_ms=1, error="late") is False
     actions.unlock("salesforce:contact:x:1", "act_1#1")  # cannot release the second attempt's lock
     assert not actions.lock("salesforce:contact:x:1", "someone-else", 10)
-    assert actions.get("act_1")["status"] == "running"
+    assert actions.get("act_1").status == "running"
     assert actions.finish(second, outcome="ok", status="done", duration_ms=1) is True
-    assert actions.get("act_1")["status"] == "done"
+    assert actions.get("act_1").status == "done"
     assert [(a["attempt"], a["outcome"]) for a in actions.attempts("act_1")] == [(1, "failed"), (2, "ok")]
 
 
@@ -482,7 +483,7 @@ def test_a_retry_is_not_claimed_before_its_time(ledger):
     )
     assert actions.claim("act_1", lease=10) is None
     clock.advance(59)  # a scheduled job may start a moment early
-    assert actions.claim("act_1", lease=10)["attempts"] == 2
+    assert actions.claim("act_1", lease=10).attempts == 2
 
 
 def test_a_deferral_gives_its_attempt_number_back(ledger):
@@ -492,7 +493,7 @@ def test_a_deferral_gives_its_attempt_number_back(ledger):
         deferred, outcome="deferred", status="retrying", duration_ms=0, count_attempt=False, next_attempt_at=clock()
     )
     attempt = actions.claim("act_1", lease=10)
-    assert attempt["attempts"] == 1
+    assert attempt.attempts == 1
     actions.finish(attempt, outcome="ok", status="done", duration_ms=1)
     assert [(a["attempt"], a["outcome"]) for a in actions.attempts("act_1")] == [(1, "ok")]
 
@@ -507,7 +508,7 @@ def test_a_replay_gets_a_fresh_set_of_retries(setup, workspace, redis_conn):
     CliRunner().invoke(cli, ["--config", config.file, "replay", event], env=ENV)
     drain(redis_conn)
     replayed = ctx.actions.get(alert["id"])
-    assert (replayed["status"], replayed["attempts"]) == ("done", 5)  # attempt 4 failed, 5 went through
+    assert (replayed.status, replayed.attempts) == ("done", 5)  # attempt 4 failed, 5 went through
 
 
 def test_a_null_external_id_is_a_permanent_failure_not_a_record_called_none(setup, org, redis_conn):
@@ -525,8 +526,8 @@ def test_a_null_external_id_is_a_permanent_failure_not_a_record_called_none(setu
 
 
 def test_a_failure_while_processing_an_event_gives_it_back_then_stops(setup, redis_conn, monkeypatch):
-    import gu1sync.worker as worker
-    from gu1sync.store import EVENT_ATTEMPTS
+    import gu1sync.jobs as jobs
+    from gu1sync.storage import EVENT_ATTEMPTS
 
     config, app, ctx = setup()
     event = post(app, status_changed("customer_21", "active", "under_review", "2025-01-08T09:00:00Z"))["id"]
@@ -534,7 +535,7 @@ def test_a_failure_while_processing_an_event_gives_it_back_then_stops(setup, red
     def broken(rules, event):  # stands for a bug in evaluation, which cannot be caused from outside
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(worker, "evaluate", broken)
+    monkeypatch.setattr(jobs, "evaluate", broken)
     for attempt in range(1, EVENT_ATTEMPTS + 1):
         with pytest.raises(RuntimeError):
             process_event(event)
@@ -549,7 +550,7 @@ def test_a_failure_while_processing_an_event_gives_it_back_then_stops(setup, red
 
 
 def test_the_sweep_requeues_an_event_whose_job_was_turned_away(setup, redis_conn):
-    from gu1sync.store import STALE_CLAIM
+    from gu1sync.storage import STALE_CLAIM
 
     config, app, ctx = setup()
     event = post(app, status_changed("customer_22", "active", "under_review", "2025-01-08T09:00:00Z"))["id"]

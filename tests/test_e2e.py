@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from gu1sync.actionlog import ActionLog
+from gu1sync.storage import ActionLog
 from tests.helpers import wait_until
 from tests.stack import SESSION
 
@@ -73,7 +73,7 @@ def test_a_worker_killed_mid_call_does_not_lose_the_action(make_stack, org, work
     assert upsert["status"] == "running"
 
     stack.start("worker")  # a new worker; the sweep notices the lease ran out and the action goes again
-    wait_until(lambda: actions.get(upsert["id"])["status"] == "done", timeout=90, what="the upsert to finish")
+    wait_until(lambda: actions.get(upsert["id"]).status == "done", timeout=90, what="the upsert to finish")
     assert [a["outcome"] for a in actions.attempts(upsert["id"])] == ["interrupted", "ok"]
     assert len(org.seen("PATCH")) == 2  # the documented window: the call was made, its outcome never recorded
     assert org.find("Contact", "Gu1_External_Id__c", "customer_abc123")[0]["Status__c"] == "blocked"

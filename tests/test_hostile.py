@@ -36,14 +36,16 @@ from hypothesis import strategies as st
 
 from gu1sync import samples
 from gu1sync.config import load_config, parse_config
-from gu1sync.configfile import MAX_BYTES, MAX_VALUES, ConfigError
-from gu1sync.configfile import MAX_DEPTH as YAML_DEPTH
-from gu1sync.event import MAX_DEPTH as JSON_DEPTH
-from gu1sync.store import INVALID, RECEIVED
-from rules.simulate import simulate
-from rules.templates import Template, TemplateError
+from gu1sync.core.body import MAX_DEPTH as JSON_DEPTH
+from gu1sync.core.status import EventStatus
+from gu1sync.core.templates import Template, TemplateError
+from gu1sync.core.yamlfile import MAX_BYTES, MAX_VALUES, ConfigError
+from gu1sync.core.yamlfile import MAX_DEPTH as YAML_DEPTH
+from gu1sync.simulate import load_config_tests, simulate
 from tests.conftest import ROOT, config_text, free_port
 from tests.helpers import SECRETS, dumps, gu1_headers, kyc_headers, std_headers
+
+INVALID, RECEIVED = EventStatus.INVALID, EventStatus.RECEIVED
 
 LONG = os.environ.get("GU1_SYNC_LONG") == "1"
 if LONG:  # fifty times the examples take longer than the suite's two minutes per test
@@ -1097,7 +1099,7 @@ def test_an_oversized_config_tests_file_is_refused_naming_it(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(GOOD + "tests: config.tests.yaml\n")
     with pytest.raises(ConfigError) as err:
-        load_config(str(path), environ=SECRETS)
+        load_config_tests(load_config(str(path), environ=SECRETS))
     assert f"{tests}: the file is larger than 2 MiB" in str(err.value)
 
 

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from gu1sync import samples
-from gu1sync.store import Store
+from gu1sync.storage import Store
 from tests.conftest import ROOT, config_text, free_port
 from tests.helpers import SECRETS, dumps, gu1_headers
 

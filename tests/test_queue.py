@@ -12,11 +12,14 @@ from rq.serializers import JSONSerializer
 
 from app import create_app
 from gu1sync import samples
-from gu1sync.queue import redis_client
-from gu1sync.store import DONE, RECEIVED
-from gu1sync.worker import Sweeper, WorkerContext
+from gu1sync.core.status import EventStatus
+from gu1sync.queue import PROCESS_EVENT, redis_client
+from gu1sync.runtime import Runtime
+from gu1sync.worker import Sweeper
 from tests.conftest import ROOT
 from tests.helpers import SECRETS, dumps, gu1_headers
+
+DONE, RECEIVED = EventStatus.DONE, EventStatus.RECEIVED
 
 pytestmark = pytest.mark.real_redis
 
@@ -59,7 +62,7 @@ def test_redis_down_then_back_every_accepted_event_is_queued_exactly_once(make_c
     own_redis.start()  # it kept nothing: the jobs queued before the outage are gone as well
     assert job_ids(own_redis.url) == []
     clock.advance(60)
-    sweeper = Sweeper(WorkerContext.from_config(config).queue, interval=1)
+    sweeper = Sweeper(Runtime.for_service(config, role="worker").queue, interval=1)
     sweeper.queue.clock = clock
     assert sorted(sweeper.sweep_once()) == sorted(before + during)
     assert sweeper.sweep_once() == []  # a second sweep finds every job in place
@@ -75,18 +78,18 @@ def test_a_sweep_with_redis_down_is_skipped_not_crashed(make_config, clock, own_
     own_redis.stop()
     post_event(create_app(config, clock=clock).test_client(), 1)
     clock.advance(60)
-    queue = WorkerContext.from_config(config).queue
+    queue = Runtime.for_service(config, role="worker").queue
     queue.clock = clock
     assert Sweeper(queue, interval=1).sweep_once() == []
 
 
 def test_the_sweep_leaves_young_events_to_the_receiver(make_config, clock, redis_url):
     config = make_config()
-    app = create_app(config, clock=clock, queue=None)
+    app = create_app(config, clock=clock)
     store = app.extensions["gu1sync"].store
     app.extensions["gu1sync"].queue._down_until = float("inf")  # as if Redis had just failed
     event_id = post_event(app.test_client(), 1).json["id"]
-    queue = WorkerContext.from_config(config).queue
+    queue = Runtime.for_service(config, role="worker").queue
     queue.clock = clock
     assert queue.sweep(grace=5) == []
     clock.advance(6)
@@ -134,7 +137,7 @@ def test_a_job_run_twice_processes_the_event_once(make_config, redis_url):
     # RQ runs an overwritten job id twice; put the same event's job on the queue again by hand.
     Queue(
         "test", connection=redis_client(redis_url, connect_timeout=1, timeout=5), serializer=JSONSerializer
-    ).enqueue_call("gu1sync.worker.process_event", args=(event_id,))
+    ).enqueue_call(PROCESS_EVENT, args=(event_id,))
     second = run_worker(config.file)
     assert second.returncode == 0
     assert f"skip event={event_id}" in second.stderr

@@ -11,9 +11,11 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from gu1sync import samples
+from gu1sync.core.status import EventStatus
 from gu1sync.queue import redis_client
-from gu1sync.store import INVALID, RECEIVED
 from tests.helpers import SECRETS, dumps, gu1_headers, kyc_headers, std_headers
+
+INVALID, RECEIVED = EventStatus.INVALID, EventStatus.RECEIVED
 
 
 def post(client, source: str, body: bytes, headers: dict[str, str]):

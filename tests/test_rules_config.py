@@ -12,12 +12,15 @@ from click.testing import CliRunner
 
 from gu1sync.cli import cli
 from gu1sync.config import json_schema, load_config, parse_config
-from gu1sync.configfile import ConfigError, parse_yaml
-from gu1sync.store import PENDING, SHADOW, THROTTLED, Store
+from gu1sync.core.status import ActionStatus
+from gu1sync.core.yamlfile import ConfigError, parse_yaml
+from gu1sync.simulate import event_from_document, load_config_tests, run_config_tests
+from gu1sync.storage import Store
 from rules.engine import evaluate
-from rules.simulate import event_from_document, run_config_tests
 from tests.conftest import ROOT
 from tests.helpers import SECRETS, FakeClock
+
+PENDING, SHADOW, THROTTLED = ActionStatus.PENDING, ActionStatus.SHADOW, ActionStatus.THROTTLED
 
 HEAD = """version: 1
 sources:
@@ -286,7 +289,8 @@ def rules_config_with(tmp_path, tests_yaml: str, name: str = "config.yaml"):
 
 def test_config_tests_pass_and_check_says_so(tmp_path):
     path = rules_config_with(tmp_path, TESTS_YAML)
-    outcomes = run_config_tests(load_config(str(path), environ=SECRETS))
+    config = load_config(str(path), environ=SECRETS)
+    outcomes = run_config_tests(config, load_config_tests(config))
     assert [(o.name, o.failures) for o in outcomes] == [
         ("approved activates the account", []),
         ("a legacy approval too", []),
@@ -303,7 +307,8 @@ def test_failing_config_tests_say_what_differs_and_exit_1(tmp_path):
         "not_matched: [alert-blocked-or-suspended]", "matched: [alert-blocked-or-suspended]"
     )
     path = rules_config_with(tmp_path, broken)
-    outcomes = run_config_tests(load_config(str(path), environ=SECRETS))
+    config = load_config(str(path), environ=SECRETS)
+    outcomes = run_config_tests(config, load_config_tests(config))
     assert outcomes[0].failures == [
         "activate-account-on-kyc-approved.actions[0].salesforce.upsert.fields.KYC_Status__c: "
         "expected 'verified', got 'approved'"
@@ -330,7 +335,7 @@ def test_config_tests_in_a_sibling_file(tmp_path):
         "- name: blocked alerts\n  event: events/blocked.json\n  expect:\n    matched: [alert-blocked-or-suspended]\n"
     )
     config = load_config(str(tmp_path / "config.yaml"), environ=SECRETS)
-    [outcome] = run_config_tests(config)
+    [outcome] = run_config_tests(config, load_config_tests(config))
     assert outcome.passed and outcome.where == f"{tmp_path / 'config.tests.yaml'}:1"
 
 
@@ -352,7 +357,7 @@ tests:
     assert messages == ['unknown key "colour"']
     fixed = rules_config_with(tmp_path, bad.replace(", colour: red", ""))
     with pytest.raises(ConfigError) as err:
-        load_config(str(fixed), environ=SECRETS)
+        load_config_tests(load_config(str(fixed), environ=SECRETS))  # read by check, never at start-up
     assert [p.message for p in err.value.problems] == [
         f"cannot read {ROOT / 'examples' / 'events' / 'nope.json'}: No such file or directory",
         'no rule named "activate-account" (did you mean "activate-account-on-kyc-approved"?)',
@@ -366,7 +371,7 @@ def test_a_config_test_event_nested_absurdly_deep_is_a_config_error_not_a_traceb
     deep.write_text("[" * 5000 + "]" * 5000)
     path = rules_config_with(tmp_path, f"\ntests:\n  - name: t\n    event: {deep}\n    expect:\n      matched: []\n")
     with pytest.raises(ConfigError) as err:
-        load_config(str(path), environ=SECRETS)
+        load_config_tests(load_config(str(path), environ=SECRETS))
     [problem] = err.value.problems
     assert problem.message.startswith(f"{deep} is not valid JSON")
 
@@ -499,7 +504,7 @@ def test_thresholds_may_come_from_the_environment():
 
 
 def test_yaml_numbers_are_yaml_1_2():
-    from gu1sync.configfile import parse_yaml
+    from gu1sync.core.yamlfile import parse_yaml
 
     data = parse_yaml("ids: [01234, 10:30, 0x1F, 12, -3, 1.5]\n", "f.yaml").data
     assert data == {"ids": ["01234", "10:30", 31, 12, -3, 1.5]}
@@ -559,12 +564,12 @@ def test_did_you_mean_in_a_separate_tests_file(tmp_path):
     (tmp_path / "config.yaml").write_text(text + "\ntests: t.yaml\n")
     (tmp_path / "t.yaml").write_text("- name: x\n  event: {event: x}\n  expect: {matchd: []}\n")
     with pytest.raises(ConfigError) as err:
-        load_config(str(tmp_path / "config.yaml"), environ=SECRETS)
+        load_config_tests(load_config(str(tmp_path / "config.yaml"), environ=SECRETS))
     assert 'unknown key "matchd" (did you mean "matched"?)' in str(err.value)
 
 
 def test_the_layout_escapes_everything_and_survives_missing_values():
-    from rules.simulate import simulate
+    from gu1sync.simulate import simulate
 
     config = ok(
         """\

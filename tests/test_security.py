@@ -32,13 +32,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from app import create_app
 from connectors import Connectors
 from connectors.salesforce import SalesforceConnector, target_of
-from gu1sync import retention
-from gu1sync.actionlog import ActionLog
 from gu1sync.cli import cli
 from gu1sync.config import ConfigError, parse_config
-from gu1sync.store import Store
-from gu1sync.timeutil import iso
-from gu1sync.worker import WorkerContext, use_context
+from gu1sync.core.timeutil import iso
+from gu1sync.jobs import use_runtime
+from gu1sync.runtime import Runtime
+from gu1sync.storage import ActionLog, Store, retention
 from rules.engine import evaluate
 from tests.conftest import ROOT, config_text, free_port
 from tests.emulators.salesforce import SOAP_FAULT, SalesforceEmulator
@@ -353,8 +352,8 @@ def test_no_secret_in_connector_errors_logs_rows_jobs_or_cli_output(make_config,
                 config = make_config(SF_RULES.format(auth=auth, slack=slack), environ=env)
                 app = create_app(config)
                 connectors = Connectors({"salesforce": lambda s: SalesforceConnector(s, session=org.client_session())})
-                ctx = WorkerContext.from_config(config, connectors)
-                use_context(ctx)
+                ctx = Runtime.for_service(config, role="worker", connectors=connectors)
+                use_runtime(ctx)
                 faults()
                 ids = []
                 for _ in range(2):
@@ -370,7 +369,7 @@ def test_no_secret_in_connector_errors_logs_rows_jobs_or_cli_output(make_config,
                 assert {a["status"] for a in second.values()} == {"done"}, (name, second)
                 errors += [a["error"] for a in first.values()]
         finally:
-            use_context(None)
+            use_runtime(None)
         # The faults did reach the error texts, with the credentials they echoed taken out.
         text = "\n".join(errors)
         assert "502 : upstream proxy error; request had Authorization: Bearer [redacted]" in text
@@ -673,7 +672,7 @@ class Timeline:
                 continue
             action = self.actions.claim(row["id"], lease=60)
             assert action is not None, row
-            params = action["params"]
+            params = action.params
             written = None
             if status == "done" and row["type"] == "salesforce.upsert":
                 written = (target_of(row["type"], params), list(params["fields"]), event.occurred_at, event_id)

@@ -12,13 +12,15 @@ import pytest
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-import gu1sync.worker as worker
+import gu1sync.jobs as jobs
 from app import create_app
 from gu1sync import samples
-from gu1sync.groupcommit import GroupCommit
+from gu1sync.jobs import use_runtime
 from gu1sync.queue import BackgroundEnqueuer
-from gu1sync.store import Store, StoreUnavailable
-from gu1sync.worker import Gu1Worker, WorkerContext, use_context
+from gu1sync.runtime import Runtime
+from gu1sync.storage import Store, StoreUnavailable
+from gu1sync.storage.groupcommit import GroupCommit
+from gu1sync.worker import Gu1Worker
 from tests.helpers import dumps, gu1_headers, wait_until
 
 pytestmark = pytest.mark.real_redis
@@ -53,7 +55,8 @@ class Collect:
 def events(make_config, count: int, seed: int = 0):
     from werkzeug.datastructures import Headers
 
-    from gu1sync.event import make_event, parse_json
+    from gu1sync.core.body import parse_json
+    from gu1sync.core.records import make_event
     from gu1sync.kinds import kind_for
 
     config = make_config()
@@ -152,13 +155,13 @@ def test_the_server_queues_one_job_per_burst_and_the_jobs_go_through_every_event
     enqueuer.close()
     assert queue.get_job_ids() == [handed[0], handed[-1]]  # and one for the 39 that came meanwhile
 
-    monkeypatch.setattr(worker, "BATCH_EVENTS", 5)  # a job stops after 5 more: 2 jobs alone cannot do 40
-    ctx = WorkerContext.from_config(config)
-    use_context(ctx)
+    monkeypatch.setattr(jobs, "BATCH_EVENTS", 5)  # a job stops after 5 more: 2 jobs alone cannot do 40
+    ctx = Runtime.for_service(config, role="worker")
+    use_runtime(ctx)
     try:
         Gu1Worker([queue], connection=redis_conn, serializer=JSONSerializer).work(burst=True, logging_level="WARNING")
     finally:
-        use_context(None)
+        use_runtime(None)
     statuses = [row[0] for row in ctx.store.db.execute("SELECT status FROM events")]
     assert statuses == ["done"] * 40  # each job queued the next waiting event's job when it stopped
 
@@ -188,7 +191,7 @@ def test_every_job_keeps_a_failure_for_a_week_not_a_year(make_app, redis_conn):
 
 
 def test_the_receiver_checkpoints_the_log_from_a_thread_of_its_own(make_config, tmp_path, monkeypatch):
-    import gu1sync.groupcommit as groupcommit
+    import gu1sync.storage.groupcommit as groupcommit
 
     monkeypatch.setattr(groupcommit, "CHECKPOINT_EVERY", 0.05)
     store = Store(str(tmp_path / "c.db"))

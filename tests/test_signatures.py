@@ -11,7 +11,7 @@ import pytest
 from werkzeug.datastructures import Headers
 
 from gu1sync.config import parse_config
-from gu1sync.errors import Unauthorized
+from gu1sync.core.errors import NotAuthentic
 from gu1sync.kinds import kind_for
 from tests.helpers import SECRETS, gu1_headers, kyc_headers, std_headers
 
@@ -48,7 +48,7 @@ def test_gu1_known_answer():
     headers = Headers({"X-Webhook-Signature": "0e9cd817a5afb6c79fcb65903310b2dc06dde871cae5ae037285f5b41ea6e7dd"})
     assert kind.verify(headers, GU1_VECTOR_BODY, NOW) == "GU1_SECRET"
     headers = Headers({"X-Webhook-Signature": "0e9cd817a5afb6c79fcb65903310b2dc06dde871cae5ae037285f5b41ea6e7de"})
-    with pytest.raises(Unauthorized) as err:
+    with pytest.raises(NotAuthentic) as err:
         kind.verify(headers, GU1_VECTOR_BODY, NOW)
     assert err.value.reason == "signature_mismatch"
 
@@ -101,7 +101,7 @@ def test_gu1_verifies_raw_bytes_not_reserialised_json(text):
     # The same document serialised again is different bytes, and must not verify with the first signature.
     again = json.dumps(json.loads(body)).encode()
     assert again != body
-    with pytest.raises(Unauthorized):
+    with pytest.raises(NotAuthentic):
         kind.verify(Headers(gu1_headers(body)), again, NOW)
 
 
@@ -128,7 +128,7 @@ def test_any_configured_secret_verifies_and_is_named():
     body = b'{"event":"entity.created"}'
     assert kind.verify(Headers(gu1_headers(body, SECRETS["GU1_SECRET"])), body, NOW) == "GU1_SECRET"
     assert kind.verify(Headers(gu1_headers(body, SECRETS["GU1_SECRET_NEXT"])), body, NOW) == "GU1_SECRET_NEXT"
-    with pytest.raises(Unauthorized):
+    with pytest.raises(NotAuthentic):
         kind.verify(Headers(gu1_headers(body, "an-old-secret")), body, NOW)
 
 
@@ -169,7 +169,7 @@ GOOD_HEX = hmac.new(SECRETS["GU1_SECRET"].encode(), BODY, hashlib.sha256).hexdig
     ],
 )
 def test_gu1_malformed_headers(headers, reason):
-    with pytest.raises(Unauthorized) as err:
+    with pytest.raises(NotAuthentic) as err:
         make_kind(GU1).verify(Headers(headers), BODY, NOW)
     assert err.value.reason == reason
     assert err.value.status == 401
@@ -203,7 +203,7 @@ def _kyc_good() -> dict[str, str]:
     ],
 )
 def test_kyc_malformed_headers(change, reason):
-    with pytest.raises(Unauthorized) as err:
+    with pytest.raises(NotAuthentic) as err:
         make_kind(KYC).verify(Headers(changed(_kyc_good(), change)), BODY, NOW)
     assert err.value.reason == reason
 
@@ -231,7 +231,7 @@ def _std_good() -> dict[str, str]:
     ],
 )
 def test_standard_malformed_headers(change, reason):
-    with pytest.raises(Unauthorized) as err:
+    with pytest.raises(NotAuthentic) as err:
         make_kind(STD).verify(Headers(changed(_std_good(), change)), BODY, NOW)
     assert err.value.reason == reason
 
@@ -261,7 +261,7 @@ def test_kyc_tolerance_edges(skew, ok):
     if ok:
         assert kind.verify(headers, BODY, now) == "KYC_SECRET"
     else:
-        with pytest.raises(Unauthorized) as err:
+        with pytest.raises(NotAuthentic) as err:
             kind.verify(headers, BODY, now)
         assert err.value.reason == "timestamp_out_of_tolerance"
 
@@ -274,7 +274,7 @@ def test_standard_tolerance_edges(skew, ok):
     if ok:
         assert kind.verify(headers, BODY, now) == "STD_SECRET"
     else:
-        with pytest.raises(Unauthorized) as err:
+        with pytest.raises(NotAuthentic) as err:
             kind.verify(headers, BODY, now)
         assert err.value.reason == "timestamp_out_of_tolerance"
 
@@ -283,7 +283,7 @@ def test_tolerance_is_a_setting():
     kind = make_kind(KYC + "    tolerance: 10s\n")
     headers = Headers(kyc_headers(BODY, T))
     assert kind.verify(headers, BODY, NOW + timedelta(seconds=10)) == "KYC_SECRET"
-    with pytest.raises(Unauthorized):
+    with pytest.raises(NotAuthentic):
         kind.verify(headers, BODY, NOW + timedelta(seconds=11))
 
 
@@ -292,9 +292,9 @@ def test_kyc_signed_payload_setting_is_enforced():
     ts_signed = Headers(kyc_headers(BODY, T, signed="ts"))
     assert make_kind(KYC).verify(body_signed, BODY, NOW) == "KYC_SECRET"
     assert make_kind(KYC_TS).verify(ts_signed, BODY, NOW) == "KYC_SECRET"
-    with pytest.raises(Unauthorized):
+    with pytest.raises(NotAuthentic):
         make_kind(KYC).verify(ts_signed, BODY, NOW)
-    with pytest.raises(Unauthorized):
+    with pytest.raises(NotAuthentic):
         make_kind(KYC_TS).verify(body_signed, BODY, NOW)
 
 
@@ -302,6 +302,6 @@ def test_kyc_timestamp_signing_binds_the_timestamp():
     """With {timestamp}.{body} signing, moving the timestamp header breaks the signature."""
     headers = kyc_headers(BODY, T, signed="ts")
     headers["X-Webhook-Timestamp"] = str(T + 1)
-    with pytest.raises(Unauthorized) as err:
+    with pytest.raises(NotAuthentic) as err:
         make_kind(KYC_TS).verify(Headers(headers), BODY, NOW)
     assert err.value.reason == "signature_mismatch"

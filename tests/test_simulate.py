@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from gu1sync.cli import cli
 from gu1sync.config import load_config
-from rules.simulate import SimulationError, simulate
+from gu1sync.simulate import SimulationError, simulate
 from tests.conftest import ROOT
 from tests.helpers import SECRETS
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rules.templates import ENV, Template, TemplateError, compile_value, render_value
+from gu1sync.core.templates import ENV, Template, TemplateError, compile_value, render_value
 
 CTX = {
     "event": "kyc.validation_approved",

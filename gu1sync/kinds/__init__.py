@@ -1,18 +1,21 @@
 """Kinds of webhook sources: how each proves a delivery authentic and where its event lies.
 
-Every kind has `verify(headers, body, now) -> secret name` (raising Unauthorized) and
-`parse(document, headers) -> Envelope` (raising BadRequest). Add a kind by adding a module and
-a line here, and its config model in config.py.
+Every kind has its settings model (`sources.<name>` in config.yaml), `verify(headers, body, now) ->
+secret name` (raising NotAuthentic) and `parse(document, headers) -> Envelope` (raising Unreadable).
+Add a kind by adding a module and a line in KINDS.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Annotated, Protocol
 
-from .base import Envelope, Headers
-from .gu1 import Gu1Kind
-from .kyc_webhooks import KycWebhooksKind
-from .standard import StandardKind
+from pydantic import Field
+
+from ..core.records import Envelope
+from .base import Headers, NoHeaders
+from .gu1 import Gu1Kind, Gu1Source
+from .kyc_webhooks import KycWebhooksKind, KycWebhooksSource
+from .standard import StandardKind, StandardSource
 
 
 class Kind(Protocol):
@@ -26,23 +29,26 @@ class Kind(Protocol):
     def parse(self, document: dict, headers: Headers) -> Envelope: ...
 
 
-KINDS: dict[str, type] = {
-    Gu1Kind.name: Gu1Kind,
-    KycWebhooksKind.name: KycWebhooksKind,
-    StandardKind.name: StandardKind,
+KINDS: dict[str, tuple[type, type]] = {
+    Gu1Kind.name: (Gu1Source, Gu1Kind),
+    KycWebhooksKind.name: (KycWebhooksSource, KycWebhooksKind),
+    StandardKind.name: (StandardSource, StandardKind),
 }
+
+# `sources.<name>`: one of the kinds' settings, by `kind:`.
+Source = Annotated[Gu1Source | KycWebhooksSource | StandardSource, Field(discriminator="kind")]
 
 
 def payload_of(kind: str, document: object) -> object:
     """The event-specific data inside a parsed envelope of `kind` ({} when absent)."""
     if not isinstance(document, dict):
         return None
-    return document.get(KINDS[kind].payload_field, {})
+    return document.get(KINDS[kind][1].payload_field, {})
 
 
 def kind_for(source: object) -> Kind:
     """The verifier for a configured source."""
-    return KINDS[source.kind](source)  # type: ignore[attr-defined]
+    return KINDS[source.kind][1](source)  # type: ignore[attr-defined]
 
 
-__all__ = ["KINDS", "Envelope", "Kind", "kind_for", "payload_of"]
+__all__ = ["KINDS", "Envelope", "Kind", "NoHeaders", "Source", "kind_for", "payload_of"]

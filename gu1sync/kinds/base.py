@@ -1,4 +1,4 @@
-"""What every kind of source shares: the parsed envelope and strict header reading."""
+"""What every kind of source shares: its settings, strict header reading, and signature checks."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import hashlib
 import hmac
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from ..errors import BadRequest, Unauthorized
-from ..schema import Secret
+from pydantic import Field
+
+from ..core.errors import NotAuthentic, Unreadable
+from ..core.values import OneOrMany, Secret, SecretValue, StrictModel
 
 
 class Headers(Protocol):
@@ -20,24 +21,33 @@ class Headers(Protocol):
     def getlist(self, key: str) -> list[str]: ...
 
 
-@dataclass(frozen=True)
-class Envelope:
-    """What a kind reads out of a verified body."""
+class NoHeaders:
+    """The headers of a body read outside a request (simulate, config tests): none."""
 
-    type: str
-    occurred_at: datetime | None
-    payload: Any
-    subject: str | None = None  # the id of what the event is about: a validation, an entity, an evaluation
-    identity: str | None = None  # what makes this event unique within its kind; None: hash the body
+    def getlist(self, key: str) -> list[str]:
+        return []
+
+
+class SourceSettings(StrictModel):
+    """What every source has: `sources.<name>` in config.yaml."""
+
+    environment: Literal["sandbox", "production"] = Field(
+        description="Which Gu1 environment sends to this source; rules can match on it."
+    )
+    secrets: Annotated[OneOrMany[SecretValue], Field(min_length=1)] = Field(
+        description="Signing secrets, each ${ENV_VAR}. Any one verifies, so a new secret can be added "
+        "before the old one is removed (rotation); each event records which one matched."
+    )
+    description: str | None = Field(None, description="Free text for people reading the config.")
 
 
 def single_header(headers: Headers, name: str, missing: str, malformed: str) -> str:
-    """The one value of header `name`; absent, empty or repeated is a 401 with the given reasons."""
+    """The one value of header `name`; absent, empty or repeated is NotAuthentic with the given reasons."""
     values = headers.getlist(name)
     if not values or not values[0].strip():
-        raise Unauthorized(missing, f"the {name} header is missing")
+        raise NotAuthentic(missing, f"the {name} header is missing")
     if len(values) > 1:
-        raise Unauthorized(malformed, f"the {name} header is given {len(values)} times")
+        raise NotAuthentic(malformed, f"the {name} header is given {len(values)} times")
     return values[0].strip()
 
 
@@ -52,20 +62,20 @@ _UNIX_SECONDS = re.compile(r"\d{1,15}")
 
 
 def hex_signature(value: str) -> bytes:
-    """The digest in `<hex>` or `sha256=<hex>`; anything else is a malformed signature (401)."""
+    """The digest in `<hex>` or `sha256=<hex>`; anything else is a malformed signature."""
     match = _HEX_SHA256.fullmatch(value)
     if match is None:
-        raise Unauthorized("malformed_signature", "the signature is not sha256=<64 hex digits>")
+        raise NotAuthentic("malformed_signature", "the signature is not sha256=<64 hex digits>")
     return bytes.fromhex(match.group(1))
 
 
 def unix_timestamp(value: str, now: datetime, tolerance: float) -> int:
     """Unix seconds from a header, within `tolerance` of `now` either way (the edge itself passes)."""
     if not _UNIX_SECONDS.fullmatch(value):
-        raise Unauthorized("malformed_timestamp", "the timestamp header is not unix seconds")
+        raise NotAuthentic("malformed_timestamp", "the timestamp header is not unix seconds")
     seconds = int(value)
     if abs(now.timestamp() - seconds) > tolerance:
-        raise Unauthorized(
+        raise NotAuthentic(
             "timestamp_out_of_tolerance",
             f"the timestamp is more than {tolerance:g} s from this server's clock",
         )
@@ -73,17 +83,17 @@ def unix_timestamp(value: str, now: datetime, tolerance: float) -> int:
 
 
 def matching_secret(secrets: Sequence[tuple[Secret, bytes]], message: bytes, given: Sequence[bytes]) -> str:
-    """The name of the first secret whose HMAC-SHA256 of `message` equals one of `given` (401 if none)."""
+    """The name of the first secret whose HMAC-SHA256 of `message` equals one of `given` (NotAuthentic if none)."""
     for secret, key in secrets:
         expected = hmac.new(key, message, hashlib.sha256).digest()
         # Compare against every candidate, always, so timing does not depend on which one matched.
         if any([hmac.compare_digest(expected, candidate) for candidate in given]):
             return secret.name
-    raise Unauthorized("signature_mismatch", "the signature does not match any configured secret")
+    raise NotAuthentic("signature_mismatch", "the signature does not match any configured secret")
 
 
 def require_type(value: Any, field: str) -> str:
-    """The event type from `field`, which must be a non-empty string (400 otherwise)."""
+    """The event type from `field`, which must be a non-empty string (Unreadable otherwise)."""
     if not isinstance(value, str) or not value.strip():
-        raise BadRequest("missing_event_type", f"the body has no event type in {field!r}")
+        raise Unreadable("missing_event_type", f"the body has no event type in {field!r}")
     return value.strip()

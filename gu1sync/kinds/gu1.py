@@ -11,14 +11,44 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
-from ..errors import BadRequest
-from ..timeutil import iso, parse_iso
-from .base import Envelope, Headers, hex_signature, matching_secret, optional_header, require_type, single_header
+from ..core.errors import Unreadable
+from ..core.records import Envelope
+from ..core.timeutil import iso, parse_iso
+from .base import (
+    Headers,
+    SourceSettings,
+    hex_signature,
+    matching_secret,
+    optional_header,
+    require_type,
+    single_header,
+)
 
-if TYPE_CHECKING:
-    from ..config import Gu1Source
+# The event types Gu1 documents (seeds 000-003, and rule.triggered's public reference).
+ENTITY_EVENTS = ("entity.created", "entity.updated", "entity.status_changed")
+KYC_STATUSES = ("created", "in_progress", "in_review", "approved", "rejected", "abandoned", "expired", "cancelled")
+KYC_EVENTS = tuple(f"kyc.validation_{status}" for status in KYC_STATUSES)
+RULE_EVENTS = ("rule.triggered",)
+KNOWN_EVENTS = ENTITY_EVENTS + KYC_EVENTS + RULE_EVENTS
+# Announced by Gu1 as "coming soon": accepted and stored, matched by no rule unless one asks.
+FUTURE_EVENTS = (
+    "transaction.created",
+    "transaction.updated",
+    "transaction.flagged",
+    "alert.created",
+    "alert.resolved",
+    "alert.status_changed",
+    "entity.deleted",
+)
+EVENT_TYPES = KNOWN_EVENTS + FUTURE_EVENTS
+
+
+class Gu1Source(SourceSettings):
+    """Gu1 webhooks: X-Webhook-Signature is the hex HMAC-SHA256 of the raw body."""
+
+    kind: Literal["gu1"]
 
 
 def subject_of(event: str, payload: Any) -> str | None:
@@ -52,7 +82,7 @@ class Gu1Kind:
         self._keys = [(secret, secret.value.encode()) for secret in source.secrets]
 
     def verify(self, headers: Headers, body: bytes, now: datetime) -> str:
-        """The name of the secret that signed `body`; 401 for anything else."""
+        """The name of the secret that signed `body`; NotAuthentic for anything else."""
         given = hex_signature(single_header(headers, "X-Webhook-Signature", "missing_signature", "malformed_signature"))
         return matching_secret(self._keys, body, [given])
 
@@ -66,7 +96,7 @@ class Gu1Kind:
         event = require_type(document.get("event"), "event")
         announced = optional_header(headers, "X-Webhook-Event")
         if announced is not None and announced != event:
-            raise BadRequest(
+            raise Unreadable(
                 "event_header_mismatch",
                 f"X-Webhook-Event says {announced[:80]!r} but the body says {event[:80]!r}",
             )

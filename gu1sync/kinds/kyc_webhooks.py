@@ -10,12 +10,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Literal
 
-from ..timeutil import from_unix
+from pydantic import Field
+
+from ..core.records import Envelope
+from ..core.timeutil import from_unix
+from ..core.values import Duration
 from .base import (
-    Envelope,
     Headers,
+    SourceSettings,
     hex_signature,
     matching_secret,
     require_type,
@@ -23,8 +27,15 @@ from .base import (
     unix_timestamp,
 )
 
-if TYPE_CHECKING:
-    from ..config import KycWebhooksSource
+
+class KycWebhooksSource(SourceSettings):
+    """The KYC-Webhooks provider: `sha256=<hex>` signature and a unix X-Webhook-Timestamp."""
+
+    kind: Literal["kyc-webhooks"]
+    tolerance: Duration = Field(300, description="How far X-Webhook-Timestamp may be from now, either way.")
+    signed_payload: Literal["body", "timestamp.body"] = Field(
+        "body", description="What the provider signs: the raw body, or `{timestamp}.{body}`."
+    )
 
 
 class KycWebhooksKind:
@@ -38,7 +49,7 @@ class KycWebhooksKind:
         self._keys = [(secret, secret.value.encode()) for secret in source.secrets]
 
     def verify(self, headers: Headers, body: bytes, now: datetime) -> str:
-        """The name of the secret that signed the body (or `{timestamp}.{body}`); 401 otherwise."""
+        """The name of the secret that signed the body (or `{timestamp}.{body}`); NotAuthentic otherwise."""
         given = hex_signature(single_header(headers, "X-Webhook-Signature", "missing_signature", "malformed_signature"))
         stamp = single_header(headers, "X-Webhook-Timestamp", "missing_timestamp", "malformed_timestamp")
         unix_timestamp(stamp, now, self.source.tolerance)

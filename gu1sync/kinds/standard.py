@@ -1,8 +1,8 @@
 """Standard Webhooks (standardwebhooks.com): webhook-id, webhook-timestamp, webhook-signature.
 
 The `standardwebhooks` package raises ValueError or binascii.Error on malformed headers and
-needs a UTF-8 body; this reading of the spec turns every malformed header into a 401 and signs
-the raw bytes. The package is the reference the tests check this against.
+needs a UTF-8 body; this reading of the spec turns every malformed header into NotAuthentic (a 401)
+and signs the raw bytes. The package is the reference the tests check this against.
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ import hashlib
 import hmac
 import secrets
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Literal
 
-from ..errors import Unauthorized
-from ..timeutil import from_unix, parse_iso
-from .base import Envelope, Headers, matching_secret, require_type, single_header, unix_timestamp
+from pydantic import Field, field_validator
 
-if TYPE_CHECKING:
-    from ..config import StandardSource
+from ..core.errors import NotAuthentic
+from ..core.records import Envelope
+from ..core.timeutil import from_unix, parse_iso
+from ..core.values import Duration, Secret
+from .base import Headers, SourceSettings, matching_secret, require_type, single_header, unix_timestamp
 
 PREFIX = "whsec_"
 
@@ -47,8 +48,27 @@ def _signatures(header: str) -> list[bytes]:
         except ValueError:  # binascii.Error, and ValueError for text that is not even ASCII
             continue
     if not found:
-        raise Unauthorized("malformed_signature", "webhook-signature has no v1,<base64> entry")
+        raise NotAuthentic("malformed_signature", "webhook-signature has no v1,<base64> entry")
     return found
+
+
+class StandardSource(SourceSettings):
+    """Any sender following the Standard Webhooks spec (webhook-id, webhook-timestamp, webhook-signature)."""
+
+    kind: Literal["standard"]
+    tolerance: Duration = Field(300, description="How far webhook-timestamp may be from now, either way.")
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets_decode(cls, secrets: list[Secret]) -> list[Secret]:
+        for secret in secrets:
+            try:
+                decode_secret(secret.value)
+            except ValueError:
+                raise ValueError(
+                    f"the value of ${secret.name} is not a Standard Webhooks secret (whsec_ followed by base64)"
+                ) from None
+        return secrets
 
 
 class StandardKind:
@@ -62,7 +82,7 @@ class StandardKind:
         self._keys = [(secret, decode_secret(secret.value)) for secret in source.secrets]
 
     def verify(self, headers: Headers, body: bytes, now: datetime) -> str:
-        """The name of the secret that signed `{id}.{timestamp}.{body}`; 401 otherwise."""
+        """The name of the secret that signed `{id}.{timestamp}.{body}`; NotAuthentic otherwise."""
         msg_id = single_header(headers, "webhook-id", "missing_id", "malformed_id")
         stamp = single_header(headers, "webhook-timestamp", "missing_timestamp", "malformed_timestamp")
         given = _signatures(single_header(headers, "webhook-signature", "missing_signature", "malformed_signature"))

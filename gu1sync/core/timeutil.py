@@ -1,4 +1,9 @@
-"""Time helpers: one clock, one ISO 8601 format, and durations written the way ops teams write them."""
+"""Time helpers: one clock, one ISO 8601 format, and the one grammar of durations.
+
+A duration is written the way ops teams write them: seconds as a number, or text such as 500ms,
+30s, 5m, 1h, 2d. Every duration in gu1-sync (config keys, --since, --older-than) is read by
+`parse_duration`, and the JSON Schema describes it with `DURATION_PATTERN`, from the same units.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,13 @@ from datetime import UTC, datetime, timedelta
 
 Clock = Callable[[], datetime]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}
+UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_UNIT = "|".join(UNITS)
+_NUMBER = r"\d+(?:\.\d+)?"
+DURATION_PATTERN = rf"^\s*{_NUMBER}\s*(?:{_UNIT})?\s*$"  # a bare number is seconds
+POSITIVE_DURATION_PATTERN = rf"^\s*(?:0*[1-9]\d*(?:\.\d+)?|0+\.\d*[1-9]\d*)\s*(?:{_UNIT})?\s*$"
+_DURATION = re.compile(rf"^\s*({_NUMBER})\s*({_UNIT})?\s*$")
+DURATION_EXAMPLE = "a duration such as 30s, 5m or 1h"
 
 
 def utcnow() -> datetime:
@@ -45,18 +55,22 @@ def from_unix(seconds: float) -> datetime | None:
         return None
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from a duration: a number of seconds, or text such as 500ms, 30s, 5m, 1h, 2d."""
+def parse_duration(value: object, *, unit_required: bool = False) -> float:
+    """Seconds from a duration: a number of seconds, or text such as 500ms, 30s, 5m, 1h, 2d.
+
+    `unit_required`: text must carry its unit (on a command line, a bare `90` is more likely a
+    mistake for 90 days than 90 seconds).
+    """
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value!r}")
-    if isinstance(value, int | float):
+        raise ValueError(f"expected {DURATION_EXAMPLE}, got {value!r}")
+    if isinstance(value, int | float) and not unit_required:
         seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    elif isinstance(value, str) and (match := _DURATION.match(value)) and (match.group(2) or not unit_required):
+        seconds = float(match.group(1)) * UNITS[match.group(2) or "s"]
     elif isinstance(value, timedelta):
         seconds = value.total_seconds()
     else:
-        raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value!r}")
+        raise ValueError(f"expected {DURATION_EXAMPLE}, got {value!r}")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative, got {value!r}")
     return seconds

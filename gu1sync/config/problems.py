@@ -1,138 +1,19 @@
-"""The building blocks of config models, and the translation of pydantic errors into Problems.
+"""The translation of pydantic's errors into Problems, for people who edit YAML.
 
-Config models are pydantic models (one source of truth for validation and the JSON Schema). Their
-errors are rewritten here for people who edit YAML: unknown keys get a did-you-mean, values that
-came from the environment are never echoed, and each error carries file:line:column.
+Unknown keys get a did-you-mean, values that came from the environment are never echoed, and each
+error carries file:line:column and the path inside the document (`rules[2].actions[0]`).
 """
 
 from __future__ import annotations
 
-import difflib
-import re
 import types
 import typing
-from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError, WithJsonSchema
+from pydantic import BaseModel, ValidationError
 
-from .configfile import Document, EnvStr, Path, Problem
-from .timeutil import parse_duration
-
-
-class StrictModel(BaseModel):
-    """A config section: unknown keys are errors, values are immutable once loaded."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
-
-
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "minimum": 0},
-                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
-            ],
-            "description": "seconds, or text such as 500ms, 30s, 5m, 1h, 2d",
-        }
-    ),
-]
-
-
-@dataclass(frozen=True)
-class Secret:
-    """A secret read from the environment; its repr shows the variable's name, never the value."""
-
-    name: str
-    value: str = field(repr=False)
-
-    def __str__(self) -> str:
-        return f"${{{self.name}}}"
-
-
-PositiveDuration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    AfterValidator(lambda seconds: _positive(seconds)),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "exclusiveMinimum": 0},
-                {"type": "string", "pattern": r"^\s*(0*[1-9]\d*(\.\d+)?|0*\.\d*[1-9]\d*)\s*(ms|s|m|h|d)?\s*$"},
-            ],
-            "description": "more than zero: seconds, or text such as 500ms, 30s, 5m, 1h, 2d",
-        }
-    ),
-]
-
-
-def _positive(seconds: float) -> float:
-    if seconds <= 0:
-        raise ValueError("must be more than zero")
-    return seconds
-
-
-def _to_secret(value: Any) -> Secret:
-    if isinstance(value, Secret):
-        return value
-    if not isinstance(value, EnvStr) or value.whole is None:
-        raise ValueError(
-            "secrets are read from the environment: write ${ENV_VAR_NAME} here, "
-            "and set that variable where gu1-sync runs"
-        )
-    if not value and not value.missing:
-        raise ValueError(f"environment variable {value.whole} is set but empty")
-    return Secret(name=value.whole, value=str(value))
-
-
-SecretValue = Annotated[
-    Secret,
-    BeforeValidator(_to_secret),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$",
-            "description": "a reference to an environment variable: ${NAME}",
-        }
-    ),
-]
-
-
-def one_or_many(schema: dict[str, Any]) -> None:
-    """JSON Schema edit for a list field that also takes a single item (`on: entity.*`)."""
-    branches = schema.get("anyOf", [schema])
-    for branch in list(branches):
-        if branch.get("type") == "array" and "items" in branch:
-            if branch is schema:
-                array = {k: schema.pop(k) for k in ("type", "items", "minItems") if k in schema}
-                schema["anyOf"] = [array["items"], array]
-            else:
-                branches.insert(0, branch["items"])
-            return
-
-
-def many_means_all(schema: dict[str, Any]) -> None:
-    """JSON Schema edit for `when:`, which also takes a list of conditions (all of them)."""
-    for branch in list(schema.get("anyOf", [])):
-        if "oneOf" in branch:
-            schema["anyOf"].append({"type": "array", "items": branch, "minItems": 1})
-            return
-
-
-def describe(value: Any) -> str:
-    """A short, safe rendering of a config value for an error message."""
-    if isinstance(value, EnvStr):
-        return value.describe()
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing (null)"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+from gu1sync.core.values import CUSTOM_MESSAGES, StrictModel, describe, did_you_mean
+from gu1sync.core.yamlfile import Document, EnvStr, Path, Problem
 
 
 def _unwrap(tp: Any) -> Any:
@@ -212,12 +93,6 @@ def _all_models(base: type) -> list[type]:
     return found
 
 
-def did_you_mean(word: str, candidates: list[str]) -> str:
-    """' (did you mean "x"?)' when a candidate is close to `word`, else ''."""
-    close = difflib.get_close_matches(str(word), [c for c in candidates if c != word], n=1, cutoff=0.6)
-    return f' (did you mean "{close[0]}"?)' if close else ""
-
-
 def data_path(doc: Document, loc: Path, keep_last: bool = False) -> tuple[Path, bool]:
     """Drop pydantic's union tags from `loc`; tell whether the error is about a mapping key.
 
@@ -240,10 +115,6 @@ def data_path(doc: Document, loc: Path, keep_last: bool = False) -> tuple[Path, 
         if keep_last and index == len(loc) - 1:
             out.append(part)
     return tuple(out), is_key
-
-
-# Messages for custom error types raised by discriminated unions (actions, conditions): type -> f(input).
-CUSTOM_MESSAGES: dict[str, typing.Callable[[Any], str]] = {}
 
 
 def problems_from(exc: ValidationError, doc: Document, root: type[BaseModel], base: Path = ()) -> list[Problem]:
@@ -309,19 +180,3 @@ def _unquote_env(message: str, value: Any) -> str:
 def sort_problems(problems: list[Problem]) -> list[Problem]:
     """Problems in file order, so the list reads top to bottom like the file."""
     return sorted(problems, key=lambda p: (p.file, p.line or 0, p.column or 0))
-
-
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_NAME = re.compile(NAME_PATTERN)
-
-
-def _check_name(value: str) -> str:
-    if not _NAME.match(value):
-        raise ValueError(
-            f"{value[:70]!r} is not a usable name: use letters, digits, '_', '.' and '-', "
-            "starting with a letter or digit, at most 64 characters"
-        )
-    return value
-
-
-Name = Annotated[str, AfterValidator(_check_name), WithJsonSchema({"type": "string", "pattern": _NAME.pattern})]

@@ -14,14 +14,18 @@ from dataclasses import dataclass
 from flask import Blueprint, Flask, Request, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from .config import Config
-from .errors import BadRequest, HTTPProblem, NotFound, PayloadTooLarge, ServiceUnavailable
-from .event import Event, body_digest, event_id, make_event, parse_json
-from .groupcommit import GroupCommit
-from .kinds import Kind
-from .queue import BackgroundEnqueuer, EventQueue
-from .store import INVALID, Store, StoreUnavailable
-from .timeutil import Clock, iso
+from ..config import Config
+from ..core.body import body_digest, parse_json
+from ..core.errors import NotAuthentic, Unreadable
+from ..core.records import Event, event_id, make_event
+from ..core.status import EventStatus
+from ..core.timeutil import Clock, iso
+from ..kinds import Kind
+from ..queue import BackgroundEnqueuer, EventQueue
+from ..runtime import Runtime
+from ..storage import Store, StoreUnavailable
+from ..storage.groupcommit import GroupCommit
+from .errors import BadRequest, HTTPProblem, NotFound, PayloadTooLarge, ServiceUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +44,28 @@ KEPT_HEADERS = (
 
 @dataclass
 class Services:
-    """What the receiver works with; one per app."""
+    """What the receiver works with; one per app. `config` is the config the app started with: the
+    receiver reads `sources` (and their secrets) when it starts, not on every change of the file."""
 
+    runtime: Runtime
     config: Config
-    store: Store
-    queue: EventQueue
-    clock: Clock
     kinds: dict[str, Kind]
     # In a server: events are committed together (one sync for the requests that came together) and
     # queued from a thread, many per round trip. Elsewhere each is committed and queued on its own.
     committer: GroupCommit | None = None
     enqueuer: BackgroundEnqueuer | None = None
+
+    @property
+    def store(self) -> Store:
+        return self.runtime.store
+
+    @property
+    def queue(self) -> EventQueue:
+        return self.runtime.queue
+
+    @property
+    def clock(self) -> Clock:
+        return self.runtime.clock
 
 
 def services() -> Services:
@@ -107,14 +122,20 @@ def receive(source_name: str):
     source = svc.config.sources[source_name]
     body = _read_body(request, svc.config.receiver.max_body_bytes)
     received = svc.clock()
-    secret = kind.verify(request.headers, body, received)
+    try:
+        secret = kind.verify(request.headers, body, received)
+    except NotAuthentic as refused:
+        raise Unauthorized(refused.reason, refused.message) from None
 
     base = dict(source=source_name, kind=kind.name, environment=source.environment, received_at=iso(received))
     try:
         document = parse_json(body)
         if not isinstance(document, dict):
             raise BadRequest("not_an_object", "the body is JSON but not an object")
-        envelope = kind.parse(document, request.headers)
+        try:
+            envelope = kind.parse(document, request.headers)
+        except Unreadable as refused:
+            raise BadRequest(refused.reason, refused.message) from None
         event = make_event(envelope=envelope, raw=body, secret=secret, **base)
     except BadRequest as problem:
         _keep_invalid(svc, base, body, secret, problem)
@@ -165,7 +186,7 @@ def _keep_invalid(svc: Services, base: dict, body: bytes, secret: str, problem: 
         payload=None,
         raw=body,
         secret=secret,
-        status=INVALID,
+        status=EventStatus.INVALID,
         error=problem.reason,
         **base,
     )

@@ -53,7 +53,7 @@ def parse_path(text: str) -> tuple[str | int, ...]:
             parts.append(dq if dq is not None else sq)
         position = match.end()
     if not isinstance(parts[0], str) or parts[0] not in ROOTS:
-        from gu1sync.schema import did_you_mean
+        from .values import did_you_mean
 
         raise ValueError(
             f"a field path starts with one of {', '.join(ROOTS)}; "

@@ -1,168 +1,77 @@
-"""SQLite: the durable record of every accepted event, every delivery of it, and every rejection.
+"""Events: the durable record of every accepted event, every delivery of it, every rejection, and
+what the rules made of it (their results, the actions they recorded, throttle windows).
 
 The receiver commits an event here *before* it answers 2xx, so an accepted event survives a crash
-of anything after that point. The file is shared by the receiver and the workers (WAL mode);
-writes start with BEGIN IMMEDIATE so that concurrent writers queue on the lock instead of failing.
+of anything after that point. Workers claim events here, and record what the rules made of them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import sqlite3
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
-
-from .event import Event
-from .migrations import MIGRATIONS
+from ..core.body import parse_json
+from ..core.records import Event, action_id, first_job
+from ..core.status import ActionStatus, EventOutcome, EventStatus
+from ..core.timeutil import Clock, iso, utcnow
+from ..kinds import payload_of
+from .database import Database
 
 if TYPE_CHECKING:
     from rules.engine import RuleResult
-from .timeutil import Clock, iso, utcnow
-
-# Statuses an event moves through. `invalid` events were authentic but unreadable (kept for inspection).
-RECEIVED, PROCESSING, DONE, FAILED, INVALID = "received", "processing", "done", "failed", "invalid"
 
 STALE_CLAIM = 120  # seconds: a `processing` claim older than this belongs to a worker that died
 EVENT_ATTEMPTS = 5  # an event whose processing fails this many times is left `failed`, for replay
 
-# Statuses of an action. `dead` keeps a permanent failure (or retries run out) for replay.
-PENDING, SHADOW, THROTTLED, DEAD = "pending", "shadow", "throttled", "dead"
 
-
-def first_job(action_id: str) -> str:
-    """The RQ job id of an action's first attempt (the n-th is `<action id>-<n>`)."""
-    return f"{action_id}-1"
-
-
-def action_id(event_id: str, rule: str, index: int) -> str:
-    """The idempotency key of one action of one rule for one event (safe as an RQ job id)."""
-    return "act_" + hashlib.sha256(f"{event_id}\0{rule}\0{index}".encode()).hexdigest()[:32]
-
-
-class StoreUnavailable(Exception):
-    """SQLite could not be read or written (locked past the busy timeout, disk full, unreadable file)."""
+def event_from_row(row: dict[str, Any]) -> Event:
+    """An event from its stored row; the payload is read again from the raw bytes (None for an event
+    kept as invalid, or one whose body retention has purged)."""
+    payload = None
+    if row["status"] != EventStatus.INVALID and not row.get("purged_at"):
+        payload = payload_of(row["kind"], parse_json(row["raw"]))
+    names = {name for name in Event.__dataclass_fields__ if name != "payload"}
+    return Event(payload=payload, **{key: row[key] for key in names if key in row})
 
 
 class Store:
-    """The SQLite file, with one connection per thread and per process (connections never cross a fork).
+    """Events and what became of them, in a Database (given, or opened at `path`)."""
 
-    `durable=True` (the receiver) syncs every commit to disk before it returns: an accepted event
-    survives a power cut. The workers open it with `durable=False`: their commits survive a crash of
-    any process, and reach the disk at the next durable commit or checkpoint; a power cut can undo the
-    last moments of their bookkeeping, which then runs again (events and actions are idempotent; a
-    Slack post may repeat). That is what lets one worker process handle hundreds of events a second.
-    """
+    def __init__(self, path: str | Database, busy_timeout: float = 5.0, clock: Clock = utcnow, *, durable: bool = True):
+        self.database = path if isinstance(path, Database) else Database(path, busy_timeout, clock, durable=durable)
 
-    def __init__(self, path: str, busy_timeout: float = 5.0, clock: Clock = utcnow, *, durable: bool = True):
-        self.path = path
-        self.busy_timeout = busy_timeout
-        self.clock = clock
-        self.synchronous = "FULL" if durable else "NORMAL"
-        self._local = threading.local()
-        # Threads of one process take turns to write here, not by SQLite's busy handler, which sleeps
-        # a millisecond or more each time it finds the file locked.
-        self._writing = threading.RLock()
-
-    # -- connections and transactions -------------------------------------------------------------
+    # The database's handle, for those that hold a Store.
+    @property
+    def path(self) -> str:
+        return self.database.path
 
     @property
-    def db(self) -> sqlite_utils.Database:
-        """This thread's connection, opened on first use (and again after a fork)."""
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():
-            local.db = self._connect()
-            local.pid = os.getpid()
-        return local.db
+    def busy_timeout(self) -> float:
+        return self.database.busy_timeout
 
-    def _connect(self) -> sqlite_utils.Database:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
-            db = sqlite_utils.Database(conn, execute_plugins=False)
-            self._wal(db)
-            # FULL: a commit is on disk before the 2xx leaves, even if the machine loses power.
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA foreign_keys=ON")
-            # Freed space is zeroed, so that a rewritten row or a purged body leaves no copy behind.
-            conn.execute("PRAGMA secure_delete=ON")
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
-        return db
+    @property
+    def clock(self) -> Clock:
+        return self.database.clock
 
-    def _wal(self, db: sqlite_utils.Database) -> None:
-        """WAL mode (it persists in the file). Switching needs the file to itself, and the busy timeout
-        does not cover it: processes opening a new file together retry until one of them has switched."""
-        deadline = time.monotonic() + self.busy_timeout
-        while True:
-            try:
-                if db.journal_mode != "wal":
-                    db.enable_wal()
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+    @property
+    def db(self) -> Any:
+        """This thread's connection (for tests and tools that look inside the file)."""
+        return self.database.db
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that takes the lock up front (BEGIN IMMEDIATE) and commits on exit."""
-        conn = self.db.conn
-        with self._writing:
-            try:
-                self._begin(conn)
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(str(exc)) from exc
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise StoreUnavailable(str(exc)) from exc
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        """BEGIN IMMEDIATE, waiting for another process's write as long as the busy timeout allows.
-
-        SQLite's own busy handler sleeps 1 ms, then 2, 5, 10 and more between tries: far longer than
-        a write here holds the lock (a fraction of a millisecond), so two busy processes would spend
-        most of their time asleep. This one tries again after 50 µs, doubling up to 5 ms.
-        """
-        conn.execute("PRAGMA busy_timeout=0")
-        try:
-            delay, deadline = 0.00005, time.monotonic() + self.busy_timeout
-            while True:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
-                        raise
-                time.sleep(delay)
-                delay = min(delay * 2, 0.0005)
-        finally:
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self.database.transaction()
 
     def migrate(self) -> int:
-        """Bring the file's schema up to date; safe to run from several processes at once."""
-        with self.transaction() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for number in range(version, len(MIGRATIONS)):
-                MIGRATIONS[number](self.db)
-                conn.execute(f"PRAGMA user_version={number + 1}")
-        return len(MIGRATIONS)
+        """Bring the schema up to date (see Database.migrate)."""
+        return self.database.migrate()
+
+    def check_writable(self) -> None:
+        """Prove the database takes a write (for /readyz)."""
+        self.database.check_writable()
 
     # -- the receiver's writes --------------------------------------------------------------------
 
@@ -213,28 +122,12 @@ class Store:
         now = iso(self.clock())
         # A counter need not survive a power cut: no fsync, so a flood of forged requests cannot slow
         # the commits of real events down (WAL at synchronous=NORMAL only syncs at checkpoints).
-        self.db.conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self._count(now, source, reason, status)
-        finally:
-            self.db.conn.execute(f"PRAGMA synchronous={self.synchronous}")
-
-    def _count(self, now: str, source: str, reason: str, status: int) -> None:
-        with self.transaction() as conn:
+        with self.database.transaction(durable=False) as conn:
             conn.execute(
                 """INSERT INTO rejections (source, reason, status, count, first_at, last_at)
                    VALUES (?, ?, ?, 1, ?, ?)
                    ON CONFLICT(source, reason) DO UPDATE SET count = count + 1, last_at = excluded.last_at""",
                 (source, reason, status, now, now),
-            )
-
-    def check_writable(self) -> None:
-        """Prove the file takes a write (for /readyz); raises StoreUnavailable if not."""
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('ready_check', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (iso(self.clock()),),
             )
 
     # -- the workers' side ------------------------------------------------------------------------
@@ -250,7 +143,14 @@ class Store:
             cursor = conn.execute(
                 """UPDATE events SET status = ?, started_at = ?, attempts = attempts + 1
                    WHERE id = ? AND (status = ? OR (status = ? AND started_at < ?))""",
-                (PROCESSING, iso(now), event_id, RECEIVED, PROCESSING, iso(now - timedelta(seconds=stale_after))),
+                (
+                    EventStatus.PROCESSING,
+                    iso(now),
+                    event_id,
+                    EventStatus.RECEIVED,
+                    EventStatus.PROCESSING,
+                    iso(now - timedelta(seconds=stale_after)),
+                ),
             )
             if cursor.rowcount != 1:
                 return None
@@ -270,15 +170,16 @@ class Store:
                                WHERE status = ? AND (error IS NULL OR started_at IS NULL OR started_at < ?)
                                ORDER BY received_at, id LIMIT 1)
                    RETURNING id""",
-                (PROCESSING, iso(now), RECEIVED, iso(now - timedelta(seconds=cooldown))),
+                (EventStatus.PROCESSING, iso(now), EventStatus.RECEIVED, iso(now - timedelta(seconds=cooldown))),
             ).fetchone()
         return self.event(row[0]) if row else None
 
     def next_waiting(self) -> str | None:
         """The id of the oldest event waiting to be processed (what claim_next would take), if any."""
-        row = self.db.execute(
-            "SELECT id FROM events WHERE status = ? AND error IS NULL ORDER BY received_at, id LIMIT 1", (RECEIVED,)
-        ).fetchone()
+        row = self.database.one(
+            "SELECT id FROM events WHERE status = ? AND error IS NULL ORDER BY received_at, id LIMIT 1",
+            (EventStatus.RECEIVED,),
+        )
         return row[0] if row else None
 
     def release(self, event_id: str, error: str, max_attempts: int = EVENT_ATTEMPTS) -> str:
@@ -288,7 +189,14 @@ class Store:
             conn.execute(
                 "UPDATE events SET status = CASE WHEN attempts >= ? THEN ? ELSE ? END, error = ? "
                 "WHERE id = ? AND status = ?",
-                (max_attempts, FAILED, RECEIVED, error[:1000], event_id, PROCESSING),
+                (
+                    max_attempts,
+                    EventStatus.FAILED,
+                    EventStatus.RECEIVED,
+                    error[:1000],
+                    event_id,
+                    EventStatus.PROCESSING,
+                ),
             )
             row = conn.execute("SELECT status FROM events WHERE id = ?", (event_id,)).fetchone()
         return row[0] if row else "unknown"
@@ -298,7 +206,7 @@ class Store:
         with self.transaction() as conn:
             cursor = conn.execute(
                 "UPDATE events SET status = ?, attempts = 0, error = NULL WHERE id = ? AND status = ?",
-                (RECEIVED, event_id, FAILED),
+                (EventStatus.RECEIVED, event_id, EventStatus.FAILED),
             )
             return cursor.rowcount == 1
 
@@ -340,11 +248,11 @@ class Store:
                 )
                 for action in result.actions:
                     if action.error is not None:
-                        status = DEAD
+                        status = ActionStatus.DEAD
                     elif throttled:
-                        status = THROTTLED
+                        status = ActionStatus.THROTTLED
                     else:
-                        status = SHADOW if result.mode == "shadow" else PENDING
+                        status = ActionStatus.SHADOW if result.mode == "shadow" else ActionStatus.PENDING
                     identifier = action_id(event_id, result.rule, action.index)
                     cursor = conn.execute(
                         """INSERT INTO actions (id, event_id, rule, action_index, type, mode, params, status, error,
@@ -364,16 +272,22 @@ class Store:
                             iso(now),
                             iso(now),
                             config_version,
-                            first_job(identifier) if status == PENDING else None,
+                            first_job(identifier) if status == ActionStatus.PENDING else None,
                         ),
                     )
-                    if cursor.rowcount == 1 and status == PENDING:
+                    if cursor.rowcount == 1 and status == ActionStatus.PENDING:
                         pending.append((identifier, action.type))
             matched = any(result.matched for result in results)
             conn.execute(
                 """UPDATE events SET status = ?, outcome = ?, error = NULL, finished_at = ?, config_version = ?
                    WHERE id = ?""",
-                (DONE, "matched" if matched else "no_rule_matched", iso(now), config_version, event_id),
+                (
+                    EventStatus.DONE,
+                    EventOutcome.MATCHED if matched else EventOutcome.NO_RULE_MATCHED,
+                    iso(now),
+                    config_version,
+                    event_id,
+                ),
             )
         return pending
 
@@ -392,11 +306,11 @@ class Store:
 
     def evaluations(self, event_id: str) -> list[dict]:
         """What each rule made of an event, in the order they were recorded."""
-        return list(self.db.query("SELECT * FROM evaluations WHERE event_id = ? ORDER BY rowid", (event_id,)))
+        return self.database.rows("SELECT * FROM evaluations WHERE event_id = ? ORDER BY rowid", (event_id,))
 
     def actions(self, event_id: str) -> list[dict]:
         """An event's actions."""
-        return list(self.db.query("SELECT * FROM actions WHERE event_id = ? ORDER BY rowid", (event_id,)))
+        return self.database.rows("SELECT * FROM actions WHERE event_id = ? ORDER BY rowid", (event_id,))
 
     def unfinished(self, received_before: datetime, page: int = 1000) -> Iterator[list[str]]:
         """Ids of events that should be on the queue: received before a moment and not processed, or
@@ -404,13 +318,13 @@ class Store:
         stale = iso(self.clock() - timedelta(seconds=STALE_CLAIM))
         after = ("", "")
         while True:
-            rows = self.db.execute(
+            rows = self.database.all(
                 """SELECT id, received_at FROM events
                    WHERE ((status = ? AND received_at < ?) OR (status = ? AND started_at < ?))
                      AND (received_at, id) > (?, ?)
                    ORDER BY received_at, id LIMIT ?""",
-                (RECEIVED, iso(received_before), PROCESSING, stale, *after, page),
-            ).fetchall()
+                (EventStatus.RECEIVED, iso(received_before), EventStatus.PROCESSING, stale, *after, page),
+            )
             if rows:
                 yield [row[0] for row in rows]
             if len(rows) < page:
@@ -421,13 +335,13 @@ class Store:
 
     def event(self, event_id: str) -> Event | None:
         """One event by id."""
-        rows = list(self.db.query("SELECT * FROM events WHERE id = ?", (event_id,)))
-        return Event.from_row(rows[0]) if rows else None
+        rows = self.database.rows("SELECT * FROM events WHERE id = ?", (event_id,))
+        return event_from_row(rows[0]) if rows else None
 
     def deliveries(self, event_id: str) -> list[dict]:
         """Every delivery of an event, first first."""
-        return list(self.db.query("SELECT * FROM deliveries WHERE event_id = ? ORDER BY id", (event_id,)))
+        return self.database.rows("SELECT * FROM deliveries WHERE event_id = ? ORDER BY id", (event_id,))
 
     def rejections(self) -> list[dict]:
         """Rejection counts by source and reason."""
-        return list(self.db.query("SELECT * FROM rejections ORDER BY source, reason"))
+        return self.database.rows("SELECT * FROM rejections ORDER BY source, reason")

@@ -22,21 +22,22 @@ import json
 import logging
 import re
 import sqlite3
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .actionlog import RETRYING, RUNNING
-from .event import parse_json
-from .store import DEAD, DONE, INVALID, PENDING, Store, StoreUnavailable
-from .timeutil import iso
+from ..core.body import parse_json
+from ..core.status import ActionStatus, EventStatus
+from ..core.timeutil import iso
+from .database import StoreUnavailable
+from .events import Store
 
 log = logging.getLogger(__name__)
 
-PURGED = "purged"  # the status of a dead letter whose data was purged: it can no longer be replayed
+DONE, INVALID = EventStatus.DONE, EventStatus.INVALID
+PENDING, RUNNING, RETRYING = ActionStatus.PENDING, ActionStatus.RUNNING, ActionStatus.RETRYING
+DEAD, PURGED = ActionStatus.DEAD, ActionStatus.PURGED  # a purged dead letter can no longer be replayed
 RUN_EVERY = 3600.0  # seconds between the workers' retention runs (one run for all of them)
 BATCH = 200  # events per write transaction: the receiver never waits long for the lock
 PAGE = 1000  # candidate events read at a time
@@ -78,25 +79,9 @@ class Purge:
         )
 
 
-@contextmanager
-def _write(store: Store, dry_run: bool) -> Iterator[sqlite3.Connection]:
+def _write(store: Store, dry_run: bool) -> AbstractContextManager[sqlite3.Connection]:
     """A write transaction that commits, or in a dry run always rolls back."""
-    if not dry_run:
-        with store.transaction() as conn:
-            yield conn
-        return
-    conn = store.db.conn
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise StoreUnavailable(str(exc)) from exc
-    try:
-        yield conn
-    except sqlite3.Error as exc:
-        raise StoreUnavailable(str(exc)) from exc
-    finally:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+    return store.database.trial() if dry_run else store.database.transaction()
 
 
 def _redact(conn: sqlite3.Connection, ids: list[str], now: datetime, erase: bool) -> Purge:
@@ -160,7 +145,7 @@ def _finish(store: Store, result: Purge, now: datetime) -> Purge:
         result.marks += conn.execute("DELETE FROM throttles WHERE until <= ?", (iso(now),)).rowcount
         result.marks += conn.execute("DELETE FROM record_locks WHERE until < ?", (iso(now),)).rowcount
     if not result.dry_run and result.changed:
-        result.wal_truncated = truncate_wal(store)
+        result.wal_truncated = store.database.truncate_wal()
     return result
 
 
@@ -171,12 +156,12 @@ def purge_older_than(store: Store, cutoff: datetime, *, now: datetime, dry_run: 
     result = Purge(dry_run=dry_run)
     after = ("", "")
     while True:  # a page is read without the write lock; each batch is checked again as it is purged
-        rows = store.db.execute(
+        rows = store.database.all(
             """SELECT received_at, id FROM events
                WHERE purged_at IS NULL AND received_at < ? AND (received_at, id) > (?, ?)
                ORDER BY received_at, id LIMIT ?""",
             (stamp, *after, PAGE),
-        ).fetchall()
+        )
         result.add(_purge_batches(store, [row[1] for row in rows], now, dry_run, stamp))
         if len(rows) < PAGE:
             return _finish(store, result, now)
@@ -210,18 +195,18 @@ def subject_events(store: Store, subject: str) -> list[str]:
     """Ids of the events not purged yet that are about `subject`: it is their subject, or the value
     of an id field in their body (an invalid body: anywhere in it)."""
     query = "SELECT id FROM events WHERE subject = ? AND purged_at IS NULL"
-    found = dict.fromkeys(row[0] for row in store.db.execute(query, (subject,)))
+    found = dict.fromkeys(row[0] for row in store.database.all(query, (subject,)))
     # The id as written in a body, or as JSON may escape it (non-ASCII as \uXXXX, / as \/).
     written = [subject, json.dumps(subject)[1:-1], subject.replace("/", "\\/")]
     needles = list(dict.fromkeys(text.encode() for text in written))
     where = " OR ".join("instr(raw, ?) > 0" for _ in needles)
     after = 0
     while True:
-        rows = store.db.execute(
+        rows = store.database.all(
             f"""SELECT rowid, id, status, raw FROM events
                 WHERE purged_at IS NULL AND rowid > ? AND ({where}) ORDER BY rowid LIMIT ?""",
             (after, *needles, PAGE),
-        ).fetchall()
+        )
         for _, event_id, status, raw in rows:
             if event_id in found:
                 continue
@@ -262,26 +247,9 @@ def erase_subject(store: Store, subject: str, *, now: datetime, dry_run: bool = 
     return _finish(store, result, now)
 
 
-def truncate_wal(store: Store, attempts: int = 3) -> bool:
-    """Checkpoint the write-ahead log into the database and truncate it to nothing, so that the old
-    versions of the pages just rewritten are gone from it; False while a reader keeps it busy."""
-    conn = store.db.conn
-    for attempt in range(attempts):
-        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-        if busy == 0:
-            return True
-        time.sleep(0.1 * (attempt + 1))
-    return False
-
-
 def vacuum(store: Store) -> bool:
-    """Rebuild the database file from its live rows only (frees space; clears pages freed before
-    secure_delete was on), then truncate the WAL. Holds the write lock while it runs."""
-    try:
-        store.db.conn.execute("VACUUM")
-    except sqlite3.Error as exc:
-        raise StoreUnavailable(str(exc)) from exc
-    return truncate_wal(store)
+    """Rebuild the file from its live rows only, then truncate the WAL (see Database.vacuum)."""
+    return store.database.vacuum()
 
 
 def _due(store: Store, now: datetime) -> bool:

@@ -1,25 +1,31 @@
 """`simulate` and config tests: what the rules make of an event, with no side effects.
 
-Nothing here touches SQLite, Redis, Salesforce or Slack; throttles are reported, not checked.
+Nothing here touches the database, Redis, Salesforce or Slack; throttles are reported, not checked.
+Config tests, and the event files they name, are read here and only here: by `check`, `simulate`
+and the test runner, never when a receiver or a worker starts.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from werkzeug.datastructures import Headers
+from pydantic import TypeAdapter, ValidationError
 
-from gu1sync.errors import BadRequest
-from gu1sync.event import Event, make_event
-from gu1sync.kinds import kind_for
-from gu1sync.timeutil import iso, utcnow
+from rules.engine import RuleResult, evaluate
+from rules.model import ConfigTest
 
-from .engine import RuleResult, evaluate
-
-if TYPE_CHECKING:
-    from gu1sync.config import Config
+from .config import Config
+from .config.problems import problems_from, sort_problems
+from .core.body import parse_json
+from .core.errors import Unreadable
+from .core.records import Event, make_event
+from .core.timeutil import iso, utcnow
+from .core.values import StrictModel, did_you_mean
+from .core.yamlfile import ConfigError, Problem, interpolate, parse_yaml
+from .kinds import NoHeaders, kind_for
 
 
 class SimulationError(Exception):
@@ -42,8 +48,8 @@ def event_from_document(config: Config, document: Any, source_name: str | None =
     source = config.sources[name]
     kind = kind_for(source)
     try:
-        envelope = kind.parse(document, Headers())
-    except BadRequest as exc:
+        envelope = kind.parse(document, NoHeaders())
+    except Unreadable as exc:
         raise SimulationError(f"not a {source.kind} event: {exc.message}") from None
     raw = json.dumps(document, ensure_ascii=False).encode()
     return make_event(
@@ -122,10 +128,10 @@ def _subset(expected: Any, actual: Any, where: str) -> list[str]:
     return []
 
 
-def run_config_tests(config: Config) -> list[TestOutcome]:
-    """Run every config test; each outcome lists what did not go as expected."""
+def run_config_tests(config: Config, tests: list[LoadedTest]) -> list[TestOutcome]:
+    """Run config tests (see load_config_tests); each outcome lists what did not go as expected."""
     outcomes = []
-    for loaded in config.config_tests:
+    for loaded in tests:
         test = loaded.test
         outcome = TestOutcome(test.name, loaded.where)
         outcomes.append(outcome)
@@ -179,3 +185,110 @@ def format_outcomes(outcomes: list[TestOutcome]) -> str:
         lines.append(f"{mark} {outcome.name}  ({outcome.where})")
         lines += [f"       {failure}" for failure in outcome.failures]
     return "\n".join(lines)
+
+
+# -- config tests: reading them ------------------------------------------------------------------
+
+
+class TestsFile(StrictModel):
+    """A tests file written as a mapping: `tests: [...]`."""
+
+    __test__ = False  # not a pytest class, whatever its name
+    tests: list[ConfigTest]
+
+
+@dataclass
+class LoadedTest:
+    """A config test with its event read, and where it was written."""
+
+    test: ConfigTest
+    event: dict[str, Any]
+    where: str  # file:line
+
+
+def load_config_tests(config: Config) -> list[LoadedTest]:
+    """The config tests, from `tests:` in the config or the file it names, with their events read.
+
+    Raises ConfigError with every problem, each naming its file, line and key: a tests file or an
+    event file that cannot be read, a rule or a source that does not exist.
+    """
+    loaded, problems = _load_tests(config)
+    if problems:
+        raise ConfigError(sort_problems(problems))
+    return loaded
+
+
+def _load_tests(config: Config) -> tuple[list[LoadedTest], list[Problem]]:
+    spec, doc = config.tests, config.document
+    base_dir = config.base_dir
+    tests_doc, items, prefix = doc, spec, ("tests",)
+    if isinstance(spec, str):
+        path = os.path.join(base_dir, spec)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                tests_doc = parse_yaml(handle.read(), path)
+        except OSError as exc:
+            return [], [doc.problem(("tests",), f"cannot read {spec}: {exc.strerror}")]
+        except ConfigError as exc:
+            return [], exc.problems
+        problems = tests_doc.duplicates + interpolate(tests_doc, config.environ)
+        data = tests_doc.data
+        prefix = ("tests",) if isinstance(data, dict) else ()
+        data = data.get("tests") if isinstance(data, dict) else data
+        try:
+            items = TypeAdapter(list[ConfigTest]).validate_python(data)
+        except ValidationError as exc:
+            return [], problems + problems_from(exc, tests_doc, TestsFile if prefix else list[ConfigTest], prefix)
+        if problems:
+            return [], problems
+        base_dir = os.path.dirname(path)
+    loaded: list[LoadedTest] = []
+    problems = []
+    rule_names = [rule.name for rule in config.rules]
+    for index, test in enumerate(items):
+        here = (*prefix, index)
+        line = tests_doc.position(here)[0]
+        for key in ("matched", "not_matched"):
+            for n, name in enumerate(getattr(test.expect, key) or []):
+                if name not in rule_names:
+                    problems.append(
+                        tests_doc.problem(
+                            (*here, "expect", key, n), f'no rule named "{name}"{did_you_mean(name, rule_names)}'
+                        )
+                    )
+        for name in test.expect.actions or {}:
+            if name not in rule_names:
+                problems.append(
+                    tests_doc.problem(
+                        (*here, "expect", "actions", name),
+                        f'no rule named "{name}"{did_you_mean(name, rule_names)}',
+                        of_key=True,
+                    )
+                )
+        if test.source is not None and test.source not in config.sources:
+            hint = did_you_mean(test.source, list(config.sources))
+            problems.append(tests_doc.problem((*here, "source"), f'no source named "{test.source}"{hint}'))
+        event = test.event
+        if isinstance(event, str):
+            event, problem = _read_event(os.path.join(base_dir, event))
+            if problem:
+                problems.append(tests_doc.problem((*here, "event"), problem))
+                continue
+        loaded.append(LoadedTest(test, event, f"{tests_doc.file}:{line}"))
+    return loaded, problems
+
+
+def _read_event(path: str) -> tuple[dict[str, Any], str | None]:
+    """An event envelope from a .json or .yaml file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        return {}, f"cannot read {path}: {exc.strerror}"
+    try:
+        data = parse_json(text.encode()) if path.endswith(".json") else parse_yaml(text, path).data
+    except (ValueError, ConfigError) as exc:
+        return {}, f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}"
+    if not isinstance(data, dict):
+        return {}, f"{path} does not hold an event envelope (a mapping)"
+    return data, None

@@ -1,4 +1,4 @@
-"""Templates in rule values: Jinja2 in an immutable sandbox, strict about undefined names.
+"""Templates in rule and action values: Jinja2 in an immutable sandbox, strict about undefined names.
 
 - A value that is one expression, `"{{ payload.amount }}"`, keeps its type (number, boolean, list);
   anything else renders to a string.
@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from string import Formatter
-from typing import Any
+from typing import Annotated, Any
 
 from jinja2 import (
     ChainableUndefined,
@@ -32,11 +32,11 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.filters import do_default, do_join, do_lower, do_truncate, do_upper
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
-
-from gu1sync.schema import did_you_mean
-from gu1sync.timeutil import parse_iso
+from pydantic import BeforeValidator, WithJsonSchema
 
 from .paths import ROOTS
+from .timeutil import parse_iso
+from .values import did_you_mean
 
 _MAX_BUILT = 100_000  # longest string or list a template may build with * or **, or a method call
 _MAX_RENDERED = 1_000_000  # characters: no field of any action needs more
@@ -473,3 +473,16 @@ def render_value(value: Any, context: dict[str, Any], where: str = "") -> Any:
     if isinstance(value, list):
         return [render_value(item, context, f"{where}[{n}]") for n, item in enumerate(value)]
     return value
+
+
+# The types of config fields that may hold templates (compiled when the config loads).
+Templated = Annotated[
+    Any,
+    BeforeValidator(compile_value),
+    WithJsonSchema({"description": "a value; strings may hold {{ templates }}"}),
+]
+TemplatedText = Annotated[
+    str | Template,
+    BeforeValidator(lambda v: compile_value(v) if isinstance(v, str) else v),
+    WithJsonSchema({"type": "string", "description": "text; may hold {{ templates }}"}),
+]

@@ -1,4 +1,5 @@
-"""The receiver's error family: each class is one HTTP status, turned into JSON in one handler."""
+"""The receiver's error family: each class is one HTTP status, turned into JSON in one handler
+(routes.install_error_handlers). A kind's NotAuthentic becomes Unauthorized, its Unreadable BadRequest."""
 
 from __future__ import annotations
 

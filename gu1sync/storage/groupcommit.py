@@ -14,13 +14,13 @@ waiting): a thread of its own does, every second, without blocking anyone.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 
-from .event import Event
-from .store import Store, StoreUnavailable
+from ..core.records import Event
+from .database import StoreUnavailable
+from .events import Store
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +62,19 @@ class GroupCommit:
         return delivery.new
 
     def _checkpoints(self) -> None:
-        db = self.store.db  # this thread's connection, opened now, while the file is surely there
+        database = self.store.database
+        database.one("SELECT 1")  # this thread's connection, opened now, while the file is surely there
         while True:
             time.sleep(CHECKPOINT_EVERY)
             try:
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error as exc:  # the next one will do; a file gone wrong shows in the commits
+                database.checkpoint()
+            except StoreUnavailable as exc:  # the next one will do; a file gone wrong shows in the commits
                 log.warning("checkpoint skipped: %s", exc)
 
     def _run(self) -> None:
         try:
-            self.store.db.execute("PRAGMA wal_autocheckpoint=0")  # this thread's connection; see above
-        except sqlite3.Error as exc:
+            self.store.database.hold_checkpoints()  # this thread's connection; see above
+        except StoreUnavailable as exc:
             log.warning("cannot hand checkpoints to their thread (%s); commits will make them", exc)
         while True:
             with self._cond:

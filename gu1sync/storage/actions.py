@@ -1,4 +1,4 @@
-"""The delivery log in SQLite: actions, every attempt, leases, and the order of writes per record.
+"""The delivery log: actions, every attempt, leases, and the order of writes per record.
 
 An action is claimed with a lease before its call and released after it; a worker that dies
 mid-call leaves an expired lease that the sweep notices. Attempts are rows of their own: status,
@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from .store import DEAD, PENDING, Store
-from .timeutil import iso
+from ..core.records import Action
+from ..core.status import ActionStatus, AttemptOutcome
+from ..core.timeutil import iso
+from .events import Store
 
-RUNNING, RETRYING, DONE, SKIPPED, DRY_RUN = "running", "retrying", "done", "skipped", "dry_run"
-FINAL = (DONE, DEAD, SKIPPED, DRY_RUN)
+PENDING, RUNNING, RETRYING, DEAD = ActionStatus.PENDING, ActionStatus.RUNNING, ActionStatus.RETRYING, ActionStatus.DEAD
 
 
 class ActionLog:
@@ -30,18 +31,18 @@ class ActionLog:
     def now(self) -> datetime:
         return self.store.clock()
 
-    def get(self, action_id: str) -> dict | None:
-        """One action's row (params decoded)."""
-        rows = list(self.store.db.query("SELECT * FROM actions WHERE id = ?", (action_id,)))
-        if not rows:
-            return None
-        row = rows[0]
-        row["params"] = json.loads(row["params"]) if row["params"] else None
-        return row
+    @property
+    def database(self) -> Any:
+        return self.store.database
+
+    def get(self, action_id: str) -> Action | None:
+        """One action."""
+        rows = self.database.rows("SELECT * FROM actions WHERE id = ?", (action_id,))
+        return Action.from_row(rows[0]) if rows else None
 
     # -- running an attempt ---------------------------------------------------------------------------
 
-    def claim(self, action_id: str, lease: float) -> dict | None:
+    def claim(self, action_id: str, lease: float) -> Action | None:
         """Start the next attempt: the action becomes `running` under a lease; None if it is not due.
 
         Due means: pending; retrying and its time has come (a job may start a moment early); or
@@ -64,9 +65,16 @@ class ActionLog:
                 return None
             if expired:
                 conn.execute(
-                    "UPDATE attempts SET outcome = 'interrupted', finished_at = ?, error = ? "
-                    "WHERE action_id = ? AND attempt = ? AND outcome = 'started'",
-                    (iso(now), "the worker stopped during this attempt; its outcome is unknown", action_id, attempts),
+                    "UPDATE attempts SET outcome = ?, finished_at = ?, error = ? "
+                    "WHERE action_id = ? AND attempt = ? AND outcome = ?",
+                    (
+                        AttemptOutcome.INTERRUPTED,
+                        iso(now),
+                        "the worker stopped during this attempt; its outcome is unknown",
+                        action_id,
+                        attempts,
+                        AttemptOutcome.STARTED,
+                    ),
                 )
             attempt = attempts + 1
             conn.execute(
@@ -74,16 +82,17 @@ class ActionLog:
                 (RUNNING, attempt, iso(now + timedelta(seconds=lease)), iso(now), action_id),
             )
             conn.execute(
-                "INSERT INTO attempts (action_id, attempt, started_at, outcome) VALUES (?, ?, ?, 'started')",
-                (action_id, attempt, iso(now)),
+                "INSERT INTO attempts (action_id, attempt, started_at, outcome) VALUES (?, ?, ?, ?)",
+                (action_id, attempt, iso(now), AttemptOutcome.STARTED),
             )
         claimed = self.get(action_id)
-        claimed["interrupted"] = expired
+        if claimed is not None:
+            claimed.interrupted = expired
         return claimed
 
     def finish(
         self,
-        action: dict,
+        action: Action,
         *,
         outcome: str,
         status: str,
@@ -106,9 +115,7 @@ class ActionLog:
         now = self.now
         with self.store.transaction() as conn:
             if not count_attempt:
-                conn.execute(
-                    "DELETE FROM attempts WHERE action_id = ? AND attempt = ?", (action["id"], action["attempts"])
-                )
+                conn.execute("DELETE FROM attempts WHERE action_id = ? AND attempt = ?", (action.id, action.attempts))
             else:
                 conn.execute(
                     "UPDATE attempts SET outcome = ?, finished_at = ?, duration_ms = ?, status_code = ?, error = ?, "
@@ -120,8 +127,8 @@ class ActionLog:
                         status_code,
                         error,
                         iso(next_attempt_at) if next_attempt_at else None,
-                        action["id"],
-                        action["attempts"],
+                        action.id,
+                        action.attempts,
                     ),
                 )
             cursor = conn.execute(
@@ -138,12 +145,12 @@ class ActionLog:
                     iso(next_attempt_at) if next_attempt_at else None,
                     job_id,
                     iso(now),
-                    status in FINAL,
+                    ActionStatus(status).final,
                     iso(now),
                     0 if count_attempt else 1,
-                    action["id"],
+                    action.id,
                     RUNNING,
-                    action["attempts"],
+                    action.attempts,
                 ),
             )
             if cursor.rowcount != 1:
@@ -174,11 +181,11 @@ class ActionLog:
     def newer(self, target: str, fields: list[str], occurred_at: str) -> dict[str, tuple[str, str]]:
         """Fields of the record last written by an event newer than `occurred_at`: field -> (when, event)."""
         marks = ",".join("?" * len(fields))
-        rows = self.store.db.execute(
+        rows = self.database.all(
             f"SELECT field, occurred_at, event_id FROM record_versions WHERE target = ? AND field IN ({marks}) "
             "AND occurred_at > ?",
             (target, *fields, occurred_at),
-        ).fetchall()
+        )
         return {field: (when, event) for field, when, event in rows}
 
     @staticmethod
@@ -200,15 +207,13 @@ class ActionLog:
         now = self.now
         after = ("", "")
         while True:
-            rows = list(
-                self.store.db.query(
-                    """SELECT id, job_id, attempts, status, type, updated_at FROM actions
-                       WHERE ((status IN (?, ?) AND COALESCE(next_attempt_at, updated_at) <= ?)
-                              OR (status = ? AND lease_until < ?))
-                         AND (updated_at, id) > (?, ?)
-                       ORDER BY updated_at, id LIMIT ?""",
-                    (PENDING, RETRYING, iso(now - timedelta(seconds=grace)), RUNNING, iso(now), *after, page),
-                )
+            rows = self.database.rows(
+                """SELECT id, job_id, attempts, status, type, updated_at FROM actions
+                   WHERE ((status IN (?, ?) AND COALESCE(next_attempt_at, updated_at) <= ?)
+                          OR (status = ? AND lease_until < ?))
+                     AND (updated_at, id) > (?, ?)
+                   ORDER BY updated_at, id LIMIT ?""",
+                (PENDING, RETRYING, iso(now - timedelta(seconds=grace)), RUNNING, iso(now), *after, page),
             )
             if rows:
                 yield rows
@@ -239,20 +244,30 @@ class ActionLog:
             )
             return cursor.rowcount == 1
 
+    def dead(self, *, event_id: str | None = None, since: str | None = None) -> list[Action]:
+        """Dead actions (dead letters), of one event or since a moment, oldest first (what `replay` takes)."""
+        query = "SELECT * FROM actions WHERE status = ?"
+        args: list[Any] = [DEAD]
+        if event_id is not None:
+            query += " AND event_id = ?"
+            args.append(event_id)
+        if since is not None:
+            query += " AND updated_at >= ?"
+            args.append(since)
+        return [Action.from_row(row) for row in self.database.rows(query + " ORDER BY updated_at, id", args)]
+
     # -- reading --------------------------------------------------------------------------------------
 
     def attempts(self, action_id: str) -> list[dict]:
         """Every attempt of an action, first first."""
-        return list(self.store.db.query("SELECT * FROM attempts WHERE action_id = ? ORDER BY attempt", (action_id,)))
+        return self.database.rows("SELECT * FROM attempts WHERE action_id = ? ORDER BY attempt", (action_id,))
 
     def failed(self, since: str | None = None) -> list[dict]:
-        """Dead actions (dead letters), newest first."""
-        return list(
-            self.store.db.query(
-                """SELECT a.*, e.type AS event_type, e.source FROM actions a JOIN events e ON e.id = a.event_id
-                   WHERE a.status = ? AND a.updated_at >= ? ORDER BY a.updated_at DESC""",
-                (DEAD, since or ""),
-            )
+        """Dead actions (dead letters), newest first, with their event's type and source."""
+        return self.database.rows(
+            """SELECT a.*, e.type AS event_type, e.source FROM actions a JOIN events e ON e.id = a.event_id
+               WHERE a.status = ? AND a.updated_at >= ? ORDER BY a.updated_at DESC""",
+            (DEAD, since or ""),
         )
 
     def stats(self) -> dict[str, list[dict]]:
@@ -260,18 +275,17 @@ class ActionLog:
         query = """
             SELECT {key} AS name,
                    COUNT(*) AS total,
-                   SUM(status = 'done') AS succeeded,
-                   SUM(status = 'dead') AS failed,
-                   SUM(status IN ('pending', 'running', 'retrying')) AS in_flight,
-                   SUM(status IN ('shadow', 'throttled', 'skipped', 'dry_run')) AS not_sent,
+                   SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END) AS succeeded,
+                   SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END) AS failed,
+                   SUM(CASE WHEN status IN ('pending', 'running', 'retrying') THEN 1 ELSE 0 END) AS in_flight,
+                   SUM(CASE WHEN status IN ('shadow', 'throttled', 'skipped', 'dry_run') THEN 1 ELSE 0 END)
+                     AS not_sent,
                    MAX(CASE WHEN status = 'done' THEN finished_at END) AS last_success,
                    (SELECT MAX(t.finished_at) FROM attempts t JOIN actions b ON b.id = t.action_id
                      WHERE {key_b} = {key} AND t.outcome IN ('failed', 'retry')) AS last_failure
             FROM actions a GROUP BY name ORDER BY name"""
         connector = "substr({t}.type, 1, instr({t}.type, '.') - 1)"
         return {
-            "rules": list(self.store.db.query(query.format(key="a.rule", key_b="b.rule"))),
-            "connectors": list(
-                self.store.db.query(query.format(key=connector.format(t="a"), key_b=connector.format(t="b")))
-            ),
+            "rules": self.database.rows(query.format(key="a.rule", key_b="b.rule")),
+            "connectors": self.database.rows(query.format(key=connector.format(t="a"), key_b=connector.format(t="b"))),
         }

@@ -1,0 +1,104 @@
+"""The `gu1-sync` command group, its global options, and what every command shares: reading the
+config (a config with errors prints every problem and exits 1), a Runtime for an operator command,
+and reading times and durations from the command line."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from .. import logs
+from ..config import Config, ConfigError, load_config
+from ..core.timeutil import iso, parse_duration, parse_iso, utcnow
+from ..runtime import Runtime
+from ..storage import StoreUnavailable
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    envvar="GU1_SYNC_CONFIG",
+    default="config.yaml",
+    show_default=True,
+    help="The config file (or $GU1_SYNC_CONFIG).",
+)
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False),
+    help="Variables to read before the config (default: var/secrets.env beside the config, if it exists). "
+    "Variables already set in the environment win.",
+)
+@click.option("--log-level", envvar="GU1_SYNC_LOG_LEVEL", default="INFO", show_default=True)
+@click.pass_context
+def cli(ctx: click.Context, config_path: str, env_file: str | None, log_level: str) -> None:
+    """gu1-sync: receive signed Gu1 webhooks and act on them in Salesforce and Slack."""
+    from dotenv import load_dotenv
+
+    logs.setup(log_level)
+    env_path = Path(env_file) if env_file else Path(config_path).resolve().parent / "var" / "secrets.env"
+    if env_path.is_file():
+        load_dotenv(env_path, override=False)
+    ctx.obj = {"config_path": config_path, "env_file": env_path}
+
+
+def config_of(ctx: click.Context) -> Config:
+    """The config the command was given; every problem and exit 1 when it has errors."""
+    path = ctx.obj["config_path"]
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        click.echo(f"{path}: {len(exc.errors)} error(s)", err=True)
+        sys.exit(1)
+
+
+def command_runtime(ctx: click.Context, *, writes: bool = False) -> Runtime:
+    """The Runtime of an operator command (never migrates, never waits past storage.busy_timeout);
+    exit 1 saying why when the database cannot be used."""
+    config = config_of(ctx)
+    try:
+        return Runtime.for_command(config, writes=writes)
+    except StoreUnavailable as exc:
+        fail(str(exc))
+
+
+def fail(message: str) -> NoReturn:
+    """Say what went wrong on stderr and exit 1."""
+    click.echo(message, err=True)
+    sys.exit(1)
+
+
+def since(text: str | None) -> str | None:
+    """An ISO timestamp, or a duration back from now (30m, 2h, 1d)."""
+    if text is None:
+        return None
+    moment = parse_iso(text)
+    if moment is not None:
+        return iso(moment)
+    try:
+        return iso(utcnow() - timedelta(seconds=parse_duration(text)))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither an ISO timestamp nor a duration such as 2h") from None
+
+
+def older_than(text: str | None) -> float | None:
+    """Seconds from --older-than, which must carry a unit: a bare `90` would mean 90 seconds."""
+    if text is None:
+        return None
+    try:
+        seconds = parse_duration(text, unit_required=True)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise click.BadParameter(
+            f"{text!r} is not a duration with a unit, such as 90d or 12h", param_hint="--older-than"
+        )
+    return seconds
+
+
+__all__ = ["cli", "command_runtime", "config_of", "fail", "older_than", "since"]

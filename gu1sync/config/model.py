@@ -1,0 +1,135 @@
+"""The shape of config.yaml: one pydantic model per section, from which both validation and the
+JSON Schema (config.schema.json) come. The sources' models come from their kinds, the connectors'
+from the connector registry, the rules' from the rules language."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+from pydantic import Discriminator, Field, PrivateAttr, StringConstraints, Tag
+
+from connectors import ConnectorSettings
+from gu1sync.core.values import NAME_PATTERN, Duration, Name, PositiveDuration, StrictModel, duration
+from gu1sync.core.yamlfile import Document, Problem
+from gu1sync.kinds import Source
+from rules.model import DEFAULT_RETRY, ConfigTest, RetrySettings, Rule
+
+MIB = 1024 * 1024
+DAY = 86400
+
+# `keep`, or a duration of at least a day (a bare number is seconds: `90` would purge after 90 s).
+Retention = duration(
+    minimum=DAY,
+    keep=True,
+    message="expected keep, or a duration of at least 1d such as 90d (a bare number is seconds)",
+)
+
+
+class StorageSettings(StrictModel):
+    """Where accepted events and their history are kept."""
+
+    path: str = Field("var/gu1-sync.db", description="SQLite file; a relative path is relative to config.yaml.")
+    busy_timeout: Duration = Field(5, description="How long to wait for a lock held by another process.")
+    retention: Retention = Field(
+        "90d",
+        validate_default=True,
+        description="How long the personal data of a finished event is kept (its body, the rules' reasons, "
+        "rendered requests, error texts); the audit trail of ids, statuses and outcomes stays. `keep`: forever.",
+    )
+
+
+class QueueSettings(StrictModel):
+    """The RQ queue between the receiver and the workers."""
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for RQ, e.g. ${REDIS_URL}.")
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
+        "gu1-sync", description="RQ queue name."
+    )
+    sweep_interval: PositiveDuration = Field(
+        30, description="How often workers look for stored events that never reached the queue."
+    )
+
+
+class ReceiverSettings(StrictModel):
+    """The HTTP side."""
+
+    max_body_bytes: int = Field(MIB, ge=1024, le=64 * MIB, description="Larger bodies get 413 unread.")
+
+
+class Config(StrictModel):
+    """config.yaml, validated."""
+
+    version: Literal[1] = Field(description="Format version of this file; 1 today.")
+    storage: StorageSettings = StorageSettings()
+    queue: QueueSettings = QueueSettings()
+    receiver: ReceiverSettings = ReceiverSettings()
+    sources: Annotated[dict[Name, Source], Field(min_length=1)] = Field(
+        description="Webhook senders; each is served at POST /webhooks/<name>.",
+        json_schema_extra={"propertyNames": {"pattern": NAME_PATTERN}},
+    )
+    connectors: ConnectorSettings = Field(  # type: ignore[valid-type]
+        ConnectorSettings(), description="Salesforce and Slack; a connector without credentials runs dry."
+    )
+    retry: RetrySettings = Field(DEFAULT_RETRY, description="How failed actions are retried (rules may override).")
+    rules: list[Rule] = Field([], description="What to do with events; see README, Rules.")
+    tests: Annotated[
+        Annotated[list[ConfigTest], Tag("list")] | Annotated[str, Tag("file")],
+        Discriminator(lambda v: "file" if isinstance(v, str) else "list"),
+    ] = Field(
+        [], description="Config tests that `check` runs: a list, or a YAML file (relative to this one) holding it."
+    )
+
+    _file: str = PrivateAttr("config.yaml")
+    _base_dir: str = PrivateAttr(".")
+    _digest: str = PrivateAttr("")
+    _warnings: list[Problem] = PrivateAttr(default_factory=list)
+    _document: Document | None = PrivateAttr(None)
+    _environ: Mapping[str, str] | None = PrivateAttr(None)
+
+    @property
+    def file(self) -> str:
+        """The file this config was read from."""
+        return self._file
+
+    @property
+    def base_dir(self) -> str:
+        """The directory relative paths in it are relative to (the config file's)."""
+        return self._base_dir
+
+    @property
+    def digest(self) -> str:
+        """Short hash of the file's bytes: the config version each processed event records."""
+        return self._digest
+
+    @property
+    def warnings(self) -> list[Problem]:
+        """Things in the file that are allowed but probably not meant (a pattern that matches nothing)."""
+        return self._warnings
+
+    @property
+    def document(self) -> Document:
+        """The file as read (with the position of every key), for problems found after loading."""
+        assert self._document is not None, "a Config is made by parse_config"
+        return self._document
+
+    @property
+    def environ(self) -> Mapping[str, str] | None:
+        """The variables ${NAME} was read from (None: the process environment)."""
+        return self._environ
+
+    def rule(self, name: str) -> Rule | None:
+        """The rule of that name."""
+        return next((rule for rule in self.rules if rule.name == name), None)
+
+    def retry_for(self, rule_name: str) -> RetrySettings:
+        """The retry policy for a rule's actions: the rule's own settings over the top-level ones."""
+        rule = self.rule(rule_name)
+        own = rule.retry.model_dump(exclude_none=True) if rule is not None and rule.retry else {}
+        return RetrySettings(**{**DEFAULT_RETRY.model_dump(), **self.retry.model_dump(exclude_none=True), **own})
+
+    @property
+    def storage_path(self) -> str:
+        """The SQLite file, resolved against the config file's directory."""
+        return os.path.join(self._base_dir, os.path.expanduser(self.storage.path))

@@ -1,0 +1,190 @@
+"""A Runtime: what one gu1-sync process works with, built in one place for every part.
+
+The config in force (re-read when its file changes), the storage (events and the action log), the
+RQ queue, and this process's connectors. Two ways to build one:
+
+- `Runtime.for_service(config, role=...)`: the receiver and the workers. Brings the database's
+  schema up to date; a worker waits for as long as another process holds the write lock.
+- `Runtime.for_command(config)`: the operator commands. Never changes the schema and never waits
+  longer than `storage.busy_timeout`; says plainly when the schema is older or newer than this code.
+  Read-only unless it is asked to write (`replay`, `purge`, `sweep`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from redis import Redis
+
+from connectors import REGISTRY, Connectors
+
+from .config import Config, ConfigError, load_config
+from .core.timeutil import Clock, utcnow
+from .queue import EventQueue
+from .storage import ActionLog, Database, SchemaMismatch, SchemaState, Store, StoreUnavailable
+from .storage.migrations import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+# Seconds an event's job may spend on its batch on top of one attempt's time limit.
+EVENT_JOB_SLACK = 30.0
+
+
+class ConfigWatcher:
+    """The config in force, re-read when its file changes; a broken new file is refused, loudly."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.path = config.file
+        self._stamp = self._stat()
+
+    def _stat(self) -> tuple | None:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return None
+        return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+    def current(self) -> Config:
+        """The last good config; a changed file is loaded first (costs one stat when unchanged)."""
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return self.config
+        self._stamp = stamp
+        try:
+            fresh = load_config(self.path)
+        except Exception as exc:  # a bug in loading must not take the last good config away either
+            if not isinstance(exc, ConfigError):
+                log.exception(
+                    "config %s changed but could not be loaded; version %s stays", self.path, self.config.digest
+                )
+                return self.config
+            log.error(
+                "config %s changed but has %d error(s); version %s stays in force:\n%s",
+                self.path,
+                len(exc.errors),
+                self.config.digest,
+                exc,
+            )
+            return self.config
+        if fresh.digest != self.config.digest:
+            log.info(
+                "config reloaded: version %s -> %s (%d rule(s))", self.config.digest, fresh.digest, len(fresh.rules)
+            )
+            for section in ("storage", "queue"):
+                if getattr(fresh, section) != getattr(self.config, section):
+                    log.warning("config %s: changes to %s: take effect when the workers restart", self.path, section)
+        self.config = fresh
+        return fresh
+
+
+def attempt_limits(config: Config, action_type: str) -> tuple[float, float]:
+    """(lease, time limit) of one attempt of an action type, under this config's connector settings."""
+    return REGISTRY.limits(config.connectors, action_type)
+
+
+def event_job_limit(config: Config) -> float:
+    """The RQ time limit of an event's job: enough for one first attempt of the slowest connector and
+    the rest of a batch; first attempts that would not fit in what is left go to jobs of their own."""
+    return REGISTRY.longest_attempt(config.connectors) + EVENT_JOB_SLACK
+
+
+@dataclass
+class Runtime:
+    """What jobs, requests and commands in this process work with. Connectors (and a logged-in
+    Salesforce client) live as long as the Runtime, from job to job."""
+
+    watcher: ConfigWatcher
+    store: Store
+    actions: ActionLog
+    queue: EventQueue
+    connectors: Connectors = field(default_factory=Connectors)
+    rng: random.Random = field(default_factory=random.Random)
+
+    @property
+    def config(self) -> Config:
+        """The config in force now (hot-reloaded)."""
+        return self.watcher.current()
+
+    @property
+    def clock(self) -> Clock:
+        return self.store.clock
+
+    def limits(self, action_type: str) -> tuple[float, float]:
+        """(lease, time limit) of one attempt of an action type, under the config in force."""
+        return attempt_limits(self.config, action_type)
+
+    @classmethod
+    def for_service(
+        cls,
+        config: Config,
+        *,
+        role: Literal["receiver", "worker"],
+        clock: Clock = utcnow,
+        connectors: Connectors | None = None,
+        redis: Redis | None = None,
+    ) -> Runtime:
+        """The Runtime of the receiver or of a worker: the schema brought up to date first.
+
+        The receiver commits every event to disk before it answers (durable); a worker's bookkeeping
+        commits without waiting for the disk, and the worker waits for as long as another process
+        holds the database's lock (a backup, a VACUUM). `redis`: a connection to use (the tests').
+        """
+        worker = role == "worker"
+        database = Database(config.storage_path, config.storage.busy_timeout, clock, durable=not worker)
+        if worker:
+            wait_for_database(database)
+        else:
+            database.migrate()
+        store = Store(database)
+        queue = EventQueue(
+            config.queue.redis_url, config.queue.name, store, clock, cooldown=0 if worker else 5.0, connection=redis
+        )
+        return cls._assemble(config, store, queue, connectors)
+
+    @classmethod
+    def for_command(cls, config: Config, *, writes: bool = False, redis: Redis | None = None) -> Runtime:
+        """The Runtime of an operator command: never migrates, never waits past `storage.busy_timeout`.
+
+        Raises SchemaMismatch, saying what to do, when the database is missing, older or newer than
+        this code; StoreUnavailable when it cannot be read at all.
+        """
+        path = config.storage_path
+        if not os.path.exists(path):
+            raise SchemaMismatch(SchemaState(0, len(MIGRATIONS)).problem(path) or path)
+        database = Database(path, config.storage.busy_timeout, read_only=not writes)
+        database.check_schema()
+        store = Store(database)
+        queue = EventQueue(config.queue.redis_url, config.queue.name, store, connection=redis)
+        return cls._assemble(config, store, queue, None)
+
+    @classmethod
+    def _assemble(cls, config: Config, store: Store, queue: EventQueue, connectors: Connectors | None) -> Runtime:
+        runtime = cls(ConfigWatcher(config), store, ActionLog(store), queue, connectors or Connectors())
+        queue.event_timeout = event_job_limit(config)
+        queue.action_timeout = lambda action_type: runtime.limits(action_type)[1]
+        return runtime
+
+
+def wait_for_database(database: Database) -> None:
+    """Bring the schema up to date, waiting while another process holds the lock for longer than
+    busy_timeout (a backup, a VACUUM, someone's sqlite3 shell): a worker starting then must not end."""
+    said = False
+    while True:
+        try:
+            database.migrate()
+            if said:
+                log.info("SQLite at %s takes writes again", database.path)
+            return
+        except StoreUnavailable as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise  # not a lock: an unreadable or missing file is for a person to see, at once
+            if not said:
+                log.warning("waiting for SQLite at %s: %s", database.path, exc)
+                said = True
+            time.sleep(1)
