@@ -1,0 +1,127 @@
+"""The Runtime's two constructors: services bring the schema up to date, operator commands never do,
+never wait for a writer, and say plainly when the database is missing, older or newer. And the
+config a service starts with is the file alone: config tests are read by `check`, never at start-up."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from app import create_app
+from gu1sync.cli import cli
+from gu1sync.config import load_config
+from gu1sync.runtime import Runtime
+from gu1sync.storage import Database, SchemaMismatch
+from gu1sync.storage.migrations import MIGRATIONS
+from tests.conftest import ROOT
+from tests.helpers import SECRETS, dumps, gu1_headers
+
+# Holds SQLite's write lock until told to let go (a line on stdin): another process writing, a backup,
+# someone's sqlite3 shell. It says "locked" once it holds it.
+HOLD_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+READ_ONLY_COMMANDS = [["events"], ["show", "{event}"], ["failed"], ["stats"], ["events", "--json"]]
+
+
+def _stored_event(make_config) -> tuple:
+    config = make_config()
+    body = dumps({"event": "entity.created", "timestamp": "2025-01-15T10:00:00Z", "payload": {"entity": {"id": "e-1"}}})
+    answer = create_app(config).test_client().post("/webhooks/gu1-prod", data=body, headers=gu1_headers(body))
+    assert answer.status_code == 202
+    return config, answer.json["id"]
+
+
+@pytest.mark.parametrize("command", READ_ONLY_COMMANDS, ids=lambda c: " ".join(c))
+def test_read_only_commands_answer_while_another_process_holds_the_write_lock(make_config, command):
+    config, event_id = _stored_event(make_config)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, config.storage_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        args = [part.format(event=event_id) for part in command]
+        result = CliRunner().invoke(cli, ["--config", config.file, *args], env=SECRETS)
+        # It answered while the lock was still held: it neither migrated nor waited for the writer.
+        assert holder.poll() is None
+        assert result.exit_code == 0, result.output
+        if command[0] in ("events", "show"):
+            assert event_id in result.output
+    finally:
+        holder.communicate("go\n", timeout=30)
+
+
+def test_a_command_never_changes_the_schema_and_says_when_it_is_older_or_newer(make_config):
+    config = make_config()
+    latest = len(MIGRATIONS)
+    older = Database(config.storage_path)  # a file an older gu1-sync wrote
+    with older.transaction():
+        for migration in MIGRATIONS[:-1]:
+            migration(older.db)
+        older.db.execute(f"PRAGMA user_version={latest - 1}")
+    result = CliRunner().invoke(cli, ["--config", config.file, "events"], env=SECRETS)
+    assert result.exit_code == 1
+    assert f"has schema version {latest - 1}, older than this version of gu1-sync ({latest})" in result.output
+    assert "start the receiver or the workers once (they upgrade it)" in result.output
+    assert older.schema().found == latest - 1  # left as it was
+    Runtime.for_service(config, role="receiver")  # a service brings it up to date
+    assert Runtime.for_command(config).store.database.schema().found == latest
+    with sqlite3.connect(config.storage_path) as conn:  # and a newer gu1-sync has been here since
+        conn.execute(f"PRAGMA user_version={latest + 1}")
+    result = CliRunner().invoke(cli, ["--config", config.file, "stats"], env=SECRETS)
+    assert result.exit_code == 1
+    assert f"has schema version {latest + 1}, newer than this version of gu1-sync ({latest})" in result.output
+
+
+def test_a_command_on_a_database_that_does_not_exist_yet_says_so_and_creates_nothing(make_config):
+    config = make_config()
+    result = CliRunner().invoke(cli, ["--config", config.file, "failed"], env=SECRETS)
+    assert result.exit_code == 1
+    assert "has no gu1-sync data yet: start the receiver or the workers once" in result.output
+    with pytest.raises(SchemaMismatch):
+        Runtime.for_command(config, writes=True)
+    assert not (ROOT / config.storage_path).exists()
+
+
+def test_a_read_only_command_cannot_write(make_config):
+    config, event_id = _stored_event(make_config)
+    runtime = Runtime.for_command(config)
+    with pytest.raises(Exception, match="only reads"):
+        runtime.store.retry_failed(event_id)
+
+
+def _project_copy(tmp_path):
+    """config.yaml, its config tests and the example events, as a user's box has them."""
+    for name in ("config.yaml", "config.tests.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    return tmp_path / "config.yaml"
+
+
+ENV = {"GU1_PRODUCTION_WEBHOOK_SECRET": "x", "GU1_SANDBOX_WEBHOOK_SECRET": "y"}
+
+
+def test_a_missing_example_event_stops_check_but_not_the_receiver_or_the_workers(tmp_path, redis_url):
+    path = _project_copy(tmp_path)
+    missing = tmp_path / "examples" / "events" / "kyc.validation_rejected.json"
+    missing.unlink()
+    config = load_config(str(path), environ={**ENV, "REDIS_URL": redis_url})  # what a service reads
+    assert create_app(config).test_client().get("/healthz").status_code == 200
+    assert Runtime.for_service(config, role="worker").config.digest == config.digest
+    result = CliRunner().invoke(cli, ["--config", str(path), "check"], env={**ENV, "REDIS_URL": redis_url})
+    assert result.exit_code == 1
+    lines = (tmp_path / "config.tests.yaml").read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if "kyc.validation_rejected.json" in text)
+    assert f"{tmp_path / 'config.tests.yaml'}:{line}:" in result.output
+    assert f"[2].event: cannot read {missing}: No such file or directory" in result.output
