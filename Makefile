@@ -29,6 +29,7 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 
 lint: dev-venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: dev-venv
 	$(BIN)/python bench/run.py

@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gu1sync import samples  # noqa: E402
-from tests.conftest import RedisServer, free_port  # noqa: E402, F401 - free_port: for the benchmarks
-from tests.helpers import SECRETS, dumps, gu1_headers  # noqa: E402
-from tests.stack import RULES as STACK_RULES  # noqa: E402
-from tests.stack import SESSION  # noqa: E402
+from tests.support.helpers import SECRETS, dumps, gu1_headers  # noqa: E402
+from tests.support.redis import RedisServer  # noqa: E402, F401 - free_port: for the benchmarks
+from tests.support.stack import RULES as STACK_RULES  # noqa: E402
+from tests.support.stack import SESSION  # noqa: E402
 
 PYTHON = sys.executable
 

@@ -33,8 +33,8 @@ from harness import (
 )
 from worker import gu1_sync, rq_noop
 
-from tests.emulators.salesforce import SalesforceEmulator
-from tests.emulators.slack import SlackEmulator
+from tests.support.emulators.salesforce import SalesforceEmulator
+from tests.support.emulators.slack import SlackEmulator
 
 GUNICORN = str(Path(PYTHON).with_name("gunicorn"))
 SERVE = os.environ.get(

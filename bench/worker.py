@@ -31,8 +31,8 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from tests.emulators.salesforce import SalesforceEmulator
-from tests.emulators.slack import SlackEmulator
+from tests.support.emulators.salesforce import SalesforceEmulator
+from tests.support.emulators.slack import SlackEmulator
 
 
 def _seconds(first: str, last: str) -> float:

@@ -2,15 +2,15 @@
 
 An action's first attempt is made by the job that processed its event, straight away (one RQ job
 per event, not one per action: RQ's own cost per job is the largest cost there is); every later
-attempt is an RQ job of its own. An action is claimed under a lease, carried out by its connector,
-and recorded: `done`, `retrying`
-(the next attempt is a job scheduled in Redis after an exponential, jittered back-off; nothing
-sleeps in a worker), or `dead` (permanent, or out of attempts) with its last error, its rendered
-request and every attempt kept for `replay`.
+attempt is an RQ job of its own (gu1sync.jobs). An action is claimed under a lease, carried out by
+its connector, and recorded: `done`, `retrying` (the next attempt is a job scheduled in Redis after
+an exponential, jittered back-off; nothing sleeps in a worker), or `dead` (permanent, or out of
+attempts) with its last error, its rendered request and every attempt kept for `replay`.
 
-Writes to one Salesforce record are serialised and ordered by the events' timestamps: a field last
-written by a newer event is left out of an older event's request, and an action with nothing left
-to write is skipped with the reason.
+Writes to one record (the record an action type names, by the connector registry: a Salesforce
+record by external id or record id) are serialised and ordered by the events' timestamps: a field
+last written by a newer event is left out of an older event's request, and an action with nothing
+left to write is skipped with the reason.
 
 What remains of "exactly once": a call that succeeds but whose worker dies before the outcome is
 committed (milliseconds) is made again when its lease expires. Upserts and updates are idempotent;

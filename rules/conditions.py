@@ -3,6 +3,9 @@
 Each condition answers `holds(ctx)` and, when it does not hold, `why_not(ctx)` in words an ops
 engineer can act on. A field that is not in the event makes a condition false (only `exists: false`
 holds for it); it is never an error at run time.
+
+Long because each kind of condition is a small model with its own `holds` and `why_not`, and together
+they make one discriminated union whose errors must name the right one.
 """
 
 from __future__ import annotations

@@ -10,124 +10,20 @@ The header of every run says which one is in use.
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
 
 from gu1sync.config import Config, parse_config
-from tests.helpers import SECRETS, FakeClock
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A redis-server of our own, which tests may stop and start again (same port, same data dir)."""
-
-    def __init__(self, binary: str, port: int | None = None):
-        self.binary = binary
-        self.port = port or free_port()
-        self.dir = tempfile.mkdtemp(prefix="gu1sync-redis-")
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@dataclass
-class RedisChoice:
-    mode: str  # external | private | local | fake
-    url: str | None
-    server: RedisServer | None = None
-
-    def describe(self) -> str:
-        if self.mode == "fake":
-            return (
-                "redis: NONE FOUND, falling back to in-process fakeredis; tests marked real_redis are SKIPPED. "
-                "Install one to run them all (Debian/Ubuntu: apt install redis-server)."
-            )
-        return {
-            "external": f"redis: $GU1_SYNC_TEST_REDIS_URL ({self.url})",
-            "private": f"redis: private redis-server for this run at {self.url}",
-            "local": f"redis: local server at {self.url} (database 13 is flushed around tests)",
-        }[self.mode]
-
-
-def _choose_redis() -> RedisChoice:
-    if os.environ.get("GU1_SYNC_TEST_REDIS_URL"):
-        return RedisChoice("external", os.environ["GU1_SYNC_TEST_REDIS_URL"])
-    binary = shutil.which("redis-server")
-    if binary:
-        server = RedisServer(binary)
-        server.start()
-        return RedisChoice("private", server.url, server)
-    try:
-        redis.Redis(socket_connect_timeout=0.3).ping()
-        return RedisChoice("local", "redis://127.0.0.1:6379/13")
-    except redis.RedisError:
-        return RedisChoice("fake", None)
+from tests.support.helpers import SECRETS, SOURCES_YAML, FakeClock, config_text
+from tests.support.redis import RedisChoice, RedisServer, choose_redis
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
-        config.gu1sync_redis = _choose_redis()  # type: ignore[attr-defined]
+        config.gu1sync_redis = choose_redis()  # type: ignore[attr-defined]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -208,32 +104,6 @@ def redis_url(redis_choice: RedisChoice, redis_conn) -> str:
     return redis_choice.url
 
 
-SOURCES_YAML = """
-sources:
-  gu1-prod:
-    kind: gu1
-    environment: production
-    secrets: ["${GU1_SECRET}", "${GU1_SECRET_NEXT}"]
-  gu1-sandbox:
-    kind: gu1
-    environment: sandbox
-    secrets: ["${GU1_SANDBOX_SECRET}"]
-  kyc:
-    kind: kyc-webhooks
-    environment: production
-    secrets: ["${KYC_SECRET}"]
-  kyc-ts:
-    kind: kyc-webhooks
-    environment: production
-    secrets: ["${KYC_SECRET}"]
-    signed_payload: timestamp.body
-  std:
-    kind: standard
-    environment: production
-    secrets: ["${STD_SECRET}"]
-"""
-
-
 @pytest.fixture
 def make_config(tmp_path: Path, redis_choice: RedisChoice):
     """Build a Config from YAML on a real file in tmp_path (sources above unless `sources` is given)."""
@@ -246,16 +116,6 @@ def make_config(tmp_path: Path, redis_choice: RedisChoice):
         return parse_config(path.read_text(), str(path), environ={**SECRETS, **(environ or {})})
 
     return build
-
-
-def config_text(redis_url: str, sources: str = SOURCES_YAML, extra: str = "", *, busy_timeout: str = "1s") -> str:
-    """A test config: SQLite next to the file, the given Redis, the test sources."""
-    return (
-        "version: 1\n"
-        f"storage:\n  path: events.db\n  busy_timeout: {busy_timeout}\n"
-        f'queue:\n  redis_url: "{redis_url}"\n  name: test\n  sweep_interval: 1s\n'
-        f"{sources}\n{extra}"
-    )
 
 
 @pytest.fixture
@@ -295,7 +155,7 @@ def services(app):
 @pytest.fixture
 def org():
     """A Salesforce org on localhost (HTTPS, throwaway CA)."""
-    from tests.emulators.salesforce import SalesforceEmulator
+    from tests.support.emulators.salesforce import SalesforceEmulator
 
     with SalesforceEmulator() as emulator:
         yield emulator
@@ -304,10 +164,12 @@ def org():
 @pytest.fixture
 def workspace():
     """A Slack workspace on localhost."""
-    from tests.emulators.slack import SlackEmulator
+    from tests.support.emulators.slack import SlackEmulator
 
     with SlackEmulator() as emulator:
         yield emulator
 
 
-from tests.stack import make_stack  # noqa: E402, F401 - the fixture, for every test module (it needs the above)
+# Fixtures that live with the helpers they serve, for every test module.
+from tests.support.delivery import setup  # noqa: E402, F401
+from tests.support.stack import make_stack  # noqa: E402, F401

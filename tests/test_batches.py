@@ -17,7 +17,7 @@ from gu1sync.delivery import attempt, event_job_limit, limits
 from gu1sync.jobs import process_event
 from gu1sync.storage import Store
 from gu1sync.worker import Gu1Worker
-from tests.test_delivery import actions_of, post, setup, status_changed  # noqa: F401 - setup is a fixture
+from tests.support.delivery import actions_of, post, setup, status_changed  # noqa: F401 - setup is a fixture
 
 pytestmark = pytest.mark.real_redis
 

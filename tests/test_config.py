@@ -10,8 +10,7 @@ from click.testing import CliRunner
 from gu1sync.cli import cli
 from gu1sync.config import load_config, parse_config
 from gu1sync.core.yamlfile import ConfigError
-from tests.conftest import ROOT
-from tests.helpers import SECRETS
+from tests.support.helpers import ROOT, SECRETS
 
 
 def problems(text: str, environ: dict | None = None) -> list[str]:

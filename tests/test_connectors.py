@@ -12,8 +12,8 @@ from connectors.base import ActionError, ActionMeta
 from connectors.salesforce import SalesforceConnector, SalesforceSettings
 from connectors.slack import SlackConnector, SlackSettings
 from gu1sync.core.values import Secret
-from tests.emulators.salesforce import LIMIT, LOCKED, NOT_FOUND, UNKNOWN, SalesforceEmulator, malformed
-from tests.emulators.slack import SlackEmulator
+from tests.support.emulators.salesforce import LIMIT, LOCKED, NOT_FOUND, UNKNOWN, SalesforceEmulator, malformed
+from tests.support.emulators.slack import SlackEmulator
 
 META = ActionMeta("act_0123", "ev_0123", "rule")
 UPSERT = {

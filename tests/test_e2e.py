@@ -11,8 +11,8 @@ import time
 import pytest
 
 from gu1sync.storage import ActionLog
-from tests.helpers import wait_until
-from tests.stack import SESSION
+from tests.support.helpers import wait_until
+from tests.support.stack import SESSION
 
 pytestmark = pytest.mark.real_redis
 

@@ -24,9 +24,9 @@ import time
 
 import pytest
 
-from tests.burst import DuplicateEffect, Sender, burst, settle, status_change
-from tests.emulators.salesforce import UNAVAILABLE
-from tests.helpers import wait_until
+from tests.support.burst import DuplicateEffect, Sender, burst, settle, status_change
+from tests.support.emulators.salesforce import UNAVAILABLE
+from tests.support.helpers import wait_until
 
 LONG = os.environ.get("GU1_SYNC_LONG") == "1"
 EVENTS = 400 if LONG else 40  # per burst, sent 20 a second

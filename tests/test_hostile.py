@@ -10,6 +10,9 @@
 
 The property tests run a fixed set of examples (derandomized, so CI is reproducible and quick);
 GU1_SYNC_LONG=1 runs fifty times as many, random ones: `GU1_SYNC_LONG=1 .venv/bin/pytest tests/test_hostile.py`.
+
+Long because each generator of hostile input sits next to the model of the README its answers are
+checked against; apart, a reader could not tell which promise a test holds the receiver to.
 """
 
 from __future__ import annotations
@@ -42,8 +45,7 @@ from gu1sync.core.templates import Template, TemplateError
 from gu1sync.core.yamlfile import MAX_BYTES, MAX_VALUES, ConfigError
 from gu1sync.core.yamlfile import MAX_DEPTH as YAML_DEPTH
 from gu1sync.simulate import load_config_tests, simulate
-from tests.conftest import ROOT, config_text, free_port
-from tests.helpers import SECRETS, dumps, gu1_headers, kyc_headers, std_headers
+from tests.support.helpers import ROOT, SECRETS, config_text, dumps, free_port, gu1_headers, kyc_headers, std_headers
 
 INVALID, RECEIVED = EventStatus.INVALID, EventStatus.RECEIVED
 

@@ -13,8 +13,7 @@ from app import create_app
 from gu1sync import samples
 from gu1sync.config import load_config
 from gu1sync.core.status import EventStatus
-from tests.conftest import ROOT, config_text
-from tests.helpers import SECRETS, dumps, gu1_headers, wait_until
+from tests.support.helpers import ROOT, SECRETS, config_text, dumps, gu1_headers, wait_until
 
 DONE = EventStatus.DONE
 

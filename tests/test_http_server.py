@@ -15,8 +15,7 @@ import pytest
 
 from gu1sync import samples
 from gu1sync.storage import Store
-from tests.conftest import ROOT, config_text, free_port
-from tests.helpers import SECRETS, dumps, gu1_headers
+from tests.support.helpers import ROOT, SECRETS, config_text, dumps, free_port, gu1_headers
 
 LIMIT = 1024 * 1024
 

@@ -16,8 +16,7 @@ from gu1sync.core.status import EventStatus
 from gu1sync.queue import PROCESS_EVENT, redis_client
 from gu1sync.runtime import Runtime
 from gu1sync.worker import Sweeper
-from tests.conftest import ROOT
-from tests.helpers import SECRETS, dumps, gu1_headers
+from tests.support.helpers import ROOT, SECRETS, dumps, gu1_headers
 
 DONE, RECEIVED = EventStatus.DONE, EventStatus.RECEIVED
 
@@ -153,3 +152,22 @@ def test_worker_refuses_a_broken_config(tmp_path):
     assert result.returncode == 1
     assert "environment variable NOPE_UNSET is not set" in result.stderr
     assert "config.yaml:6:14" in result.stderr
+
+
+def test_a_job_queued_by_an_older_version_under_another_name_is_queued_again_by_the_sweep(make_config, redis_url):
+    """After an upgrade, jobs in Redis may name functions that moved (gu1sync.worker.process_event was
+    the event's job): such a job fails once, and the sweep queues the event again under today's name."""
+    config = make_config()
+    app = create_app(config)
+    app.extensions["gu1sync"].queue._down_until = float("inf")  # the receiver queues nothing itself
+    event_id = post_event(app.test_client(), 7).json["id"]
+    Queue(
+        "test", connection=redis_client(redis_url, connect_timeout=1, timeout=5), serializer=JSONSerializer
+    ).enqueue_call("gu1sync.worker.process_event", args=(event_id,), job_id=event_id)
+    store = app.extensions["gu1sync"].store
+    first = run_worker(config.file)  # the old job fails; the start-up sweep ran before it and found it queued
+    assert store.event(event_id).status == RECEIVED, first.stderr[-2000:]
+    with store.transaction() as conn:  # older than the sweep's grace, as by its next run
+        conn.execute("UPDATE events SET received_at = '2000-01-01T00:00:00.000Z' WHERE id = ?", (event_id,))
+    second = run_worker(config.file)  # the next sweep finds its job failed, and queues it again
+    assert store.event(event_id).status == DONE, second.stderr[-2000:]

@@ -1,4 +1,7 @@
-"""The receiver through Flask's test client, on a real SQLite file and the test Redis."""
+"""The receiver through Flask's test client, on a real SQLite file and the test Redis.
+
+Long because every answer in README's table of the receiver has its test here.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from rq.serializers import JSONSerializer
 from gu1sync import samples
 from gu1sync.core.status import EventStatus
 from gu1sync.queue import redis_client
-from tests.helpers import SECRETS, dumps, gu1_headers, kyc_headers, std_headers
+from tests.support.helpers import SECRETS, dumps, gu1_headers, kyc_headers, std_headers
 
 INVALID, RECEIVED = EventStatus.INVALID, EventStatus.RECEIVED
 

@@ -1,5 +1,9 @@
 """Rules in config.yaml: every validation error with its exact message and place, warnings, config tests,
-the JSON Schema, shadow mode and throttles as the worker records them."""
+the JSON Schema, shadow mode and throttles as the worker records them.
+
+Long because it is, above all, a table of validation messages with their exact places: one file reads
+as the reference of what `check` says.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +21,7 @@ from gu1sync.core.yamlfile import ConfigError, parse_yaml
 from gu1sync.simulate import event_from_document, load_config_tests, run_config_tests
 from gu1sync.storage import Store
 from rules.engine import evaluate
-from tests.conftest import ROOT
-from tests.helpers import SECRETS, FakeClock
+from tests.support.helpers import ROOT, SECRETS, FakeClock
 
 PENDING, SHADOW, THROTTLED = ActionStatus.PENDING, ActionStatus.SHADOW, ActionStatus.THROTTLED
 

@@ -18,9 +18,8 @@ from gu1sync.config import parse_config
 from gu1sync.kinds import kind_for
 from gu1sync.sendtest import build
 from gu1sync.storage import Store
-from tests.conftest import ROOT, SOURCES_YAML, free_port
-from tests.emulators.slack import SlackEmulator
-from tests.helpers import SECRETS, wait_until
+from tests.support.emulators.slack import SlackEmulator
+from tests.support.helpers import ROOT, SECRETS, SOURCES_YAML, free_port, wait_until
 
 CONFIG = """version: 1
 storage:

@@ -18,8 +18,7 @@ from gu1sync.config import load_config
 from gu1sync.runtime import Runtime
 from gu1sync.storage import Database, SchemaMismatch
 from gu1sync.storage.migrations import MIGRATIONS
-from tests.conftest import ROOT
-from tests.helpers import SECRETS, dumps, gu1_headers
+from tests.support.helpers import ROOT, SECRETS, dumps, gu1_headers
 
 # Holds SQLite's write lock until told to let go (a line on stdin): another process writing, a backup,
 # someone's sqlite3 shell. It says "locked" once it holds it.

@@ -5,6 +5,9 @@
 2. Retention and erasure remove personal data for good (the raw bytes of the database and its WAL
    say so), only from finished events, and keep the audit trail.
 3. What someone who knows only the URL can do: no event, no kept body, a bounded count.
+
+Long because every claim of SECURITY.md has its test here, beside the one full run whose every log
+line, answer, stored value and raw byte is searched for secrets.
 """
 
 from __future__ import annotations
@@ -39,11 +42,20 @@ from gu1sync.jobs import use_runtime
 from gu1sync.runtime import Runtime
 from gu1sync.storage import ActionLog, Store, retention
 from rules.engine import evaluate
-from tests.conftest import ROOT, config_text, free_port
-from tests.emulators.salesforce import SOAP_FAULT, SalesforceEmulator
-from tests.emulators.slack import WEBHOOK_PATH, SlackEmulator
-from tests.helpers import SECRETS, dumps, gu1_headers, kyc_headers, std_headers, wait_until
-from tests.test_delivery import drain
+from tests.support.delivery import drain
+from tests.support.emulators.salesforce import SOAP_FAULT, SalesforceEmulator
+from tests.support.emulators.slack import WEBHOOK_PATH, SlackEmulator
+from tests.support.helpers import (
+    ROOT,
+    SECRETS,
+    config_text,
+    dumps,
+    free_port,
+    gu1_headers,
+    kyc_headers,
+    std_headers,
+    wait_until,
+)
 
 
 def _private_key() -> tuple[str, bytes]:
@@ -1073,7 +1085,7 @@ def test_a_purge_goes_page_by_page_and_batch_by_batch(make_config, make_app, clo
 
 def test_the_workers_sweeper_runs_the_retention(make_config, make_app, clock):
     from gu1sync.worker import Sweeper
-    from tests.helpers import wait_until
+    from tests.support.helpers import wait_until
 
     t = Timeline(make_config, make_app, clock)
     old = t.post(entity_body("romeo", t.at(100)), 100)

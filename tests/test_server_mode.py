@@ -21,7 +21,7 @@ from gu1sync.runtime import Runtime
 from gu1sync.storage import Store, StoreUnavailable
 from gu1sync.storage.groupcommit import GroupCommit
 from gu1sync.worker import Gu1Worker
-from tests.helpers import dumps, gu1_headers, wait_until
+from tests.support.helpers import dumps, gu1_headers, wait_until
 
 pytestmark = pytest.mark.real_redis
 

@@ -13,7 +13,7 @@ from werkzeug.datastructures import Headers
 from gu1sync.config import parse_config
 from gu1sync.core.errors import NotAuthentic
 from gu1sync.kinds import kind_for
-from tests.helpers import SECRETS, gu1_headers, kyc_headers, std_headers
+from tests.support.helpers import SECRETS, gu1_headers, kyc_headers, std_headers
 
 NOW = datetime(2025, 1, 15, 11, 0, 0, tzinfo=UTC)
 T = int(NOW.timestamp())

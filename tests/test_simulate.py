@@ -10,8 +10,7 @@ from click.testing import CliRunner
 from gu1sync.cli import cli
 from gu1sync.config import load_config
 from gu1sync.simulate import SimulationError, simulate
-from tests.conftest import ROOT
-from tests.helpers import SECRETS
+from tests.support.helpers import ROOT, SECRETS
 
 RULES = ROOT / "tests" / "configs" / "rules.yaml"
 EVENTS = ROOT / "examples" / "events"

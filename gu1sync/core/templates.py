@@ -6,6 +6,9 @@
 - Filters: default, upper, lower, truncate, join, tojson, date, slack. No globals, no private attributes,
   nothing that changes data, no huge strings or lists built by `*`, `**`, `+`, `~`, or by methods such as
   `center` and `replace`, no macros, includes or recursive loops, and loops bounded in all.
+
+Long because every limit of the sandbox (sizes, loops, formats, methods, operators) must sit next to
+the environment that applies it, where a reader can check that none is missing.
 """
 
 from __future__ import annotations

@@ -21,10 +21,10 @@ import redis
 from rq.job import Job
 
 from gu1sync.core.records import action_id
-from tests.emulators.salesforce import SalesforceEmulator
-from tests.emulators.slack import SlackEmulator
-from tests.helpers import dumps, gu1_headers, wait_until
-from tests.stack import Stack
+from tests.support.emulators.salesforce import SalesforceEmulator
+from tests.support.emulators.slack import SlackEmulator
+from tests.support.helpers import dumps, gu1_headers, wait_until
+from tests.support.stack import Stack
 
 # The rules of tests/stack.py's RULES: every status change upserts the Contact, a block is posted too.
 UPSERT_RULE, SLACK_RULE = "status-to-salesforce", "alert-blocked"

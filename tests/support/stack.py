@@ -23,11 +23,10 @@ import redis
 from rq.job import Job
 
 from gu1sync.storage import Store
-from tests.conftest import ROOT, config_text, free_port
-from tests.emulators.base import Request
-from tests.emulators.salesforce import SalesforceEmulator
-from tests.emulators.slack import SlackEmulator
-from tests.helpers import SECRETS, dumps, gu1_headers, wait_until
+from tests.support.emulators.base import Request
+from tests.support.emulators.salesforce import SalesforceEmulator
+from tests.support.emulators.slack import SlackEmulator
+from tests.support.helpers import ROOT, SECRETS, config_text, dumps, free_port, gu1_headers, wait_until
 
 SESSION = "00D000000000001!e2e-session"
 

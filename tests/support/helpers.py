@@ -1,4 +1,6 @@
-"""Test helpers: the secrets the test config reads, a settable clock, and signers for each kind.
+"""What tests and benchmarks share: where the project is, the secrets and sources the test configs
+read, a config on a real file, a settable clock, free ports, signers for each kind of source, and a
+waiter.
 
 The signers are written from the senders' docs, independently of gu1sync's verifiers.
 """
@@ -9,8 +11,12 @@ import base64
 import hashlib
 import hmac
 import json
+import socket
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 SECRETS = {
     "GU1_SECRET": "gu1-production-secret",
@@ -19,6 +25,49 @@ SECRETS = {
     "KYC_SECRET": "kyc-provider-secret",
     "STD_SECRET": "whsec_" + base64.b64encode(b"standard-webhooks-test-key-32byt").decode(),
 }
+
+
+SOURCES_YAML = """
+sources:
+  gu1-prod:
+    kind: gu1
+    environment: production
+    secrets: ["${GU1_SECRET}", "${GU1_SECRET_NEXT}"]
+  gu1-sandbox:
+    kind: gu1
+    environment: sandbox
+    secrets: ["${GU1_SANDBOX_SECRET}"]
+  kyc:
+    kind: kyc-webhooks
+    environment: production
+    secrets: ["${KYC_SECRET}"]
+  kyc-ts:
+    kind: kyc-webhooks
+    environment: production
+    secrets: ["${KYC_SECRET}"]
+    signed_payload: timestamp.body
+  std:
+    kind: standard
+    environment: production
+    secrets: ["${STD_SECRET}"]
+"""
+
+
+def config_text(redis_url: str, sources: str = SOURCES_YAML, extra: str = "", *, busy_timeout: str = "1s") -> str:
+    """A test config: SQLite next to the file, the given Redis, the test sources."""
+    return (
+        "version: 1\n"
+        f"storage:\n  path: events.db\n  busy_timeout: {busy_timeout}\n"
+        f'queue:\n  redis_url: "{redis_url}"\n  name: test\n  sweep_interval: 1s\n'
+        f"{sources}\n{extra}"
+    )
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class FakeClock:

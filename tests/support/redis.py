@@ -1,0 +1,105 @@
+"""Redis for the tests: a private `redis-server` started for the run (or for one test, to be stopped
+and started again), the local one, or a loud fallback; `choose_redis` picks, the run's header says which."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+import redis
+
+from tests.support.helpers import free_port
+
+
+class RedisServer:
+    """A redis-server of our own, which tests may stop and start again (same port, same data dir)."""
+
+    def __init__(self, binary: str, port: int | None = None):
+        self.binary = binary
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="gu1sync-redis-")
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class RedisChoice:
+    mode: str  # external | private | local | fake
+    url: str | None
+    server: RedisServer | None = None
+
+    def describe(self) -> str:
+        if self.mode == "fake":
+            return (
+                "redis: NONE FOUND, falling back to in-process fakeredis; tests marked real_redis are SKIPPED. "
+                "Install one to run them all (Debian/Ubuntu: apt install redis-server)."
+            )
+        return {
+            "external": f"redis: $GU1_SYNC_TEST_REDIS_URL ({self.url})",
+            "private": f"redis: private redis-server for this run at {self.url}",
+            "local": f"redis: local server at {self.url} (database 13 is flushed around tests)",
+        }[self.mode]
+
+
+def choose_redis() -> RedisChoice:
+    if os.environ.get("GU1_SYNC_TEST_REDIS_URL"):
+        return RedisChoice("external", os.environ["GU1_SYNC_TEST_REDIS_URL"])
+    binary = shutil.which("redis-server")
+    if binary:
+        server = RedisServer(binary)
+        server.start()
+        return RedisChoice("private", server.url, server)
+    try:
+        redis.Redis(socket_connect_timeout=0.3).ping()
+        return RedisChoice("local", "redis://127.0.0.1:6379/13")
+    except redis.RedisError:
+        return RedisChoice("fake", None)
