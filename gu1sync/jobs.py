@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -204,7 +203,7 @@ class FirstAttempts:
                     killed_within=self.clock.remaining(),
                 )
                 return
-            except (StoreUnavailable, sqlite3.Error, RedisError) as exc:
+            except (StoreUnavailable, RedisError) as exc:
                 log.warning("action=%s: first attempt not made (%s: %s)", action_id, type(exc).__name__, exc)
             except Exception:
                 log.exception("action=%s: first attempt failed unexpectedly", action_id)

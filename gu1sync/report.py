@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .core.status import ActionStatus
+
 
 def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """A plain text table: (key, heading) columns, widths to fit."""
@@ -81,7 +83,7 @@ def format_trace(data: dict) -> str:
             lines.append(f"      result   {action['result']}")
         if action["error"]:
             lines.append(f"      error    {action['error']}")
-        if action["next_attempt_at"] and action["status"] == "retrying":
+        if action["next_attempt_at"] and action["status"] == ActionStatus.RETRYING:
             lines.append(f"      next     {action['next_attempt_at']}")
         request = json.dumps(action["params"], ensure_ascii=False, indent=2, default=str).splitlines()
         lines.append("      request  " + request[0])

@@ -16,11 +16,13 @@ from typing import Any
 
 from . import samples
 from .config import Config
+from .core.status import ActionStatus, EventStatus
 from .core.timeutil import iso, utcnow
 from .kinds import kind_for
 from .storage import Store
 
-SETTLED = ("done", "dead", "skipped", "dry_run", "shadow", "throttled")
+# Action statuses that will not change on their own: the event's story is told.
+SETTLED = {status for status in ActionStatus if not status.in_flight}
 
 
 @dataclass
@@ -93,7 +95,8 @@ def follow(store: Store, event_id: str, wait: float) -> str:
         if event is not None:
             seen = True
             actions = store.actions(event_id)
-            if event.status in ("done", "invalid") and all(a["status"] in SETTLED for a in actions):
+            finished = event.status in (EventStatus.DONE, EventStatus.INVALID)
+            if finished and all(a["status"] in SETTLED for a in actions):
                 return "settled"
         time.sleep(0.2)
     return "timeout" if seen else "not_found"
