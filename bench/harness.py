@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gu1sync import samples  # noqa: E402
-from tests.support.helpers import SECRETS, dumps, gu1_headers  # noqa: E402
-from tests.support.redis import RedisServer  # noqa: E402, F401 - free_port: for the benchmarks
+from tests.support.helpers import SECRETS, dumps, free_port, gu1_headers  # noqa: E402, F401 - free_port: for the benchmarks
+from tests.support.redis import RedisServer  # noqa: E402
 from tests.support.stack import RULES as STACK_RULES  # noqa: E402
 from tests.support.stack import SESSION  # noqa: E402
 
@@ -33,7 +33,7 @@ PYTHON = sys.executable
 
 
 def rules(sf_url: str, slack_url: str) -> str:
-    """One Salesforce upsert and one Slack post per event: the end-to-end tests' rules (tests/stack.py)."""
+    """One Salesforce upsert and one Slack post per event: the end-to-end tests' rules (tests/support/stack.py)."""
     return STACK_RULES.format(sf_url=sf_url, slack_url=slack_url, timeout="5s", retry="")
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from connectors import REGISTRY, ActionError, ActionMeta, Connector
 from rules.engine import RuleResult, evaluate
 from rules.model import RetrySettings
@@ -38,6 +40,9 @@ from .runtime import Runtime, attempt_limits, event_job_limit
 from .storage import StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+# The field an action that writes a whole record (no `fields` mapping) is ordered by.
+WHOLE_RECORD = "*"
 
 
 def backoff_delay(policy: RetrySettings, attempt: int, retry_after: float | None, rng: random.Random) -> float:
@@ -95,7 +100,10 @@ class Attempt:
                 log.warning("action=%s: record lock not released (%s); it lapses with the lease", action.id, exc)
 
     def _ordered(self, started: float, params: dict, meta: ActionMeta, target: str, event: Event) -> dict:
-        fields = list(params["fields"])
+        """Leave out what a newer event already wrote: field by field where the action writes `fields`,
+        else the record as a whole (WHOLE_RECORD)."""
+        by_field = isinstance(params.get("fields"), dict)
+        fields = list(params["fields"]) if by_field else [WHOLE_RECORD]
         newer = self.runtime.actions.newer(target, fields, event.occurred_at)
         if newer and set(newer) == set(fields):
             when, by = max(newer.values())
@@ -109,8 +117,9 @@ class Attempt:
         note = None
         if newer:
             params = {**params, "fields": {k: v for k, v in params["fields"].items() if k not in newer}}
+            fields = list(params["fields"])
             note = f"left out {', '.join(sorted(newer))}: already written by a newer event"
-        written = (target, list(params["fields"]), event.occurred_at, event.id)
+        written = (target, fields, event.occurred_at, event.id)
         return self._call(started, params, meta, written, note)
 
     def _call(self, started: float, params: dict, meta: ActionMeta, written: tuple | None, note: str | None = None):
@@ -274,7 +283,10 @@ def replay(
             return [f"{event_id}: no such event"]
         if event.status in UNFINISHED:
             runtime.store.retry_failed(event_id)  # a failed event becomes received again
-            queued, state = runtime.queue.requeue_event(event_id)
+            try:
+                queued, state = runtime.queue.requeue_event(event_id)
+            except RedisError:
+                queued, state = False, "not queued yet: Redis is down, the sweep will queue it"
             if queued:
                 lines.append(f"{event_id}: event queued to be processed again")
             else:

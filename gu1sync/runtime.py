@@ -148,17 +148,21 @@ class Runtime:
         return cls._assemble(config, store, queue, connectors)
 
     @classmethod
-    def for_command(cls, config: Config, *, writes: bool = False, redis: Redis | None = None) -> Runtime:
+    def for_command(
+        cls, config: Config, *, writes: bool = False, any_schema: bool = False, redis: Redis | None = None
+    ) -> Runtime:
         """The Runtime of an operator command: never migrates, never waits past `storage.busy_timeout`.
 
         Raises SchemaMismatch, saying what to do, when the database is missing, older or newer than
-        this code; StoreUnavailable when it cannot be read at all.
+        this code (unless `any_schema`: a command that copies the file, such as `backup`, takes any
+        version); StoreUnavailable when it cannot be read at all.
         """
         path = config.storage_path
         if not os.path.exists(path):
             raise SchemaMismatch(SchemaState(0, len(MIGRATIONS)).problem(path) or path)
         database = Database(path, config.storage.busy_timeout, read_only=not writes)
-        database.check_schema()
+        if not any_schema:
+            database.check_schema()
         store = Store(database)
         queue = EventQueue(config.queue.redis_url, config.queue.name, store, connection=redis)
         return cls._assemble(config, store, queue, None)

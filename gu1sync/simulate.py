@@ -1,8 +1,8 @@
 """`simulate` and config tests: what the rules make of an event, with no side effects.
 
 Nothing here touches the database, Redis, Salesforce or Slack; throttles are reported, not checked.
-Config tests, and the event files they name, are read here and only here: by `check`, `simulate`
-and the test runner, never when a receiver or a worker starts.
+Config tests, and the event files they name, are read here and only here (`load_config_tests`): by
+`check` and by the tests, never when a receiver or a worker starts.
 """
 
 from __future__ import annotations

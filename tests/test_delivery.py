@@ -185,6 +185,28 @@ def test_an_older_event_still_writes_the_fields_nobody_newer_wrote(setup, org, r
     )
 
 
+def test_an_action_type_that_writes_a_whole_record_is_ordered_as_a_whole(setup, workspace, redis_conn, monkeypatch):
+    """A connector may name the record an action writes without writing `fields` (a message that
+    replaces the one before it, say): an older event's write after a newer one's is skipped whole."""
+    from dataclasses import replace
+
+    from connectors import REGISTRY
+
+    post_type = REGISTRY.action("slack.post")
+    whole = replace(post_type, target=lambda params: f"slack:channel:{params['channel']}")
+    monkeypatch.setitem(REGISTRY.actions, "slack.post", whole)
+    config, app, ctx = setup()
+    newer = post(app, status_changed("customer_w1", "blocked", "active", "2025-01-08T09:00:02Z"))["id"]
+    drain(redis_conn)
+    older = post(app, status_changed("customer_w2", "suspended", "active", "2025-01-08T09:00:01Z"))["id"]
+    drain(redis_conn)
+    assert actions_of(ctx, newer)["alert-blocked"]["status"] == "done"
+    skipped = actions_of(ctx, older)["alert-blocked"]
+    assert skipped["status"] == "skipped"
+    assert f"slack:channel:#compliance-alerts was already written by event {newer}" in skipped["error"]
+    assert len(workspace.messages) == 1
+
+
 def test_writes_to_one_record_wait_for_each_other(setup, org, redis_conn):
     config, app, ctx = setup()
     target = target_of(

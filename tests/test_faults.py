@@ -1,8 +1,8 @@
 """Faults, with every part real: workers killed with -9 again and again, Redis restarted empty,
 Salesforce answering 503 for a while, Slack 429 storms, the SQLite file locked by another process.
 
-Each fault test sends a burst of distinct signed events (tests/burst.py) at the connector running as
-processes (tests/stack.py), injects its fault while the burst is going, and ends with `settle`: every
+Each fault test sends a burst of distinct signed events (tests/support/burst.py) at the connector running as
+processes (tests/support/stack.py), injects its fault while the burst is going, and ends with `settle`: every
 event answered 2xx is stored and `done`, every action is `done`, Salesforce holds one Contact per
 event and Slack one post per blocked event, and each took effect once, or again only where a kill
 left an attempt's outcome unknown (counted, and shown in the "fault suite" section at the end of the

@@ -124,3 +124,25 @@ def test_a_missing_example_event_stops_check_but_not_the_receiver_or_the_workers
     line = next(n for n, text in enumerate(lines, 1) if "kyc.validation_rejected.json" in text)
     assert f"{tmp_path / 'config.tests.yaml'}:{line}:" in result.output
     assert f"[2].event: cannot read {missing}: No such file or directory" in result.output
+
+
+def test_backup_copies_the_file_whatever_its_schema_version(make_config, tmp_path):
+    """README's upgrade steps take a backup first: with the new code, of a file the old code wrote."""
+    config, event_id = _stored_event(make_config)
+    with sqlite3.connect(config.storage_path) as conn:
+        conn.execute(f"PRAGMA user_version={len(MIGRATIONS) - 1}")  # as an older gu1-sync left it
+    copy = tmp_path / "copy.db"
+    result = CliRunner().invoke(cli, ["--config", config.file, "backup", str(copy)], env=SECRETS)
+    assert result.exit_code == 0, result.output
+    with sqlite3.connect(copy) as conn:
+        assert conn.execute("SELECT id FROM events").fetchall() == [(event_id,)]
+    again = CliRunner().invoke(cli, ["--config", config.file, "backup", str(copy)], env=SECRETS)
+    assert again.exit_code == 2 and "exists" in again.output  # never overwrites
+
+
+def test_replay_with_redis_down_says_the_sweep_will_queue_it(make_config, redis_conn):
+    config, event_id = _stored_event(make_config)
+    dead = make_config(redis_url="redis://127.0.0.1:1/0")  # the same database, a Redis nobody answers on
+    result = CliRunner().invoke(cli, ["--config", dead.file, "replay", event_id], env=SECRETS)
+    assert result.exit_code == 0, result.output
+    assert "Redis is down, the sweep will queue it" in result.output

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+from redis.exceptions import RedisError
 
 from .. import logs
 from ..config import Config, ConfigError, load_config
@@ -18,7 +19,20 @@ from ..runtime import Runtime
 from ..storage import StoreUnavailable
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The group, which turns the failures every command may meet (the database or Redis out of reach)
+    into one line and exit 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's
+        try:
+            return super().invoke(ctx)
+        except StoreUnavailable as exc:
+            fail(f"{ctx.invoked_subcommand}: the database cannot be used: {exc}")
+        except RedisError as exc:
+            fail(f"{ctx.invoked_subcommand}: Redis is unreachable ({type(exc).__name__}); try again once it answers")
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -57,12 +71,12 @@ def config_of(ctx: click.Context) -> Config:
         sys.exit(1)
 
 
-def command_runtime(ctx: click.Context, *, writes: bool = False) -> Runtime:
+def command_runtime(ctx: click.Context, *, writes: bool = False, any_schema: bool = False) -> Runtime:
     """The Runtime of an operator command (never migrates, never waits past storage.busy_timeout);
     exit 1 saying why when the database cannot be used."""
     config = config_of(ctx)
     try:
-        return Runtime.for_command(config, writes=writes)
+        return Runtime.for_command(config, writes=writes, any_schema=any_schema)
     except StoreUnavailable as exc:
         fail(str(exc))
 

@@ -21,7 +21,7 @@ def backup(ctx: click.Context, destination: str) -> None:
     """Copy the SQLite file to DESTINATION, consistently, while everything keeps running."""
     if Path(destination).exists():
         raise click.BadParameter(f"{destination} exists; choose a new file", param_hint="DESTINATION")
-    runtime = command_runtime(ctx)
+    runtime = command_runtime(ctx, any_schema=True)  # a copy of the file, whatever its version (before an upgrade)
     try:
         runtime.store.database.backup(destination)
     except StoreUnavailable as exc:

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from .. import logs
 from ..config import ConfigError, load_config
+from ..storage import StoreUnavailable
 from .common import cli, command_runtime, config_of, fail
 
 
@@ -86,6 +87,8 @@ def sweep(ctx: click.Context) -> None:
         queued = runtime.queue.sweep(grace=0)
     except RedisError as exc:
         fail(f"sweep failed: Redis is unreachable ({type(exc).__name__})")
+    except StoreUnavailable as exc:
+        fail(f"sweep failed: {exc}")
     click.echo(f"queued {len(queued)} event(s)")
 
 

@@ -70,7 +70,7 @@ class Config(StrictModel):
         json_schema_extra={"propertyNames": {"pattern": NAME_PATTERN}},
     )
     connectors: ConnectorSettings = Field(  # type: ignore[valid-type]
-        ConnectorSettings(), description="Salesforce and Slack; a connector without credentials runs dry."
+        ConnectorSettings(), description="One section per connector; a connector without credentials runs dry."
     )
     retry: RetrySettings = Field(DEFAULT_RETRY, description="How failed actions are retried (rules may override).")
     rules: list[Rule] = Field([], description="What to do with events; see README, Rules.")

@@ -127,11 +127,6 @@ class Action:
     interrupted: bool = False  # set by a claim: the previous attempt's worker died during it
 
     @property
-    def connector(self) -> str:
-        """The connector it belongs to: salesforce.upsert -> salesforce."""
-        return self.type.split(".", 1)[0]
-
-    @property
     def attempts_since_replay(self) -> int:
         """Attempts that count against the retry policy."""
         return self.attempts - self.retry_base
@@ -150,10 +145,6 @@ class Action:
         params = values.get("params")
         values["params"] = json.loads(params) if isinstance(params, str | bytes) else params
         return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
 
 
 __all__ = ["Action", "Envelope", "Event", "action_id", "attempt_job", "event_id", "first_job", "make_event"]

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..core.records import Action
-from ..core.status import ActionStatus, AttemptOutcome
+from ..core.status import IN_FLIGHT_ACTION_STATUSES, NOT_SENT_ACTION_STATUSES, ActionStatus, AttemptOutcome
 from ..core.timeutil import iso
 from .events import Store
 
@@ -272,20 +272,27 @@ class ActionLog:
 
     def stats(self) -> dict[str, list[dict]]:
         """Per rule and per connector: totals, successes, failures, last success, last failure."""
-        query = """
-            SELECT {key} AS name,
+        in_flight = _listed(IN_FLIGHT_ACTION_STATUSES)
+        not_sent = _listed(NOT_SENT_ACTION_STATUSES)
+        query = f"""
+            SELECT {{key}} AS name,
                    COUNT(*) AS total,
-                   SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END) AS succeeded,
-                   SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END) AS failed,
-                   SUM(CASE WHEN status IN ('pending', 'running', 'retrying') THEN 1 ELSE 0 END) AS in_flight,
-                   SUM(CASE WHEN status IN ('shadow', 'throttled', 'skipped', 'dry_run') THEN 1 ELSE 0 END)
-                     AS not_sent,
-                   MAX(CASE WHEN status = 'done' THEN finished_at END) AS last_success,
+                   SUM(CASE WHEN status = '{ActionStatus.DONE}' THEN 1 ELSE 0 END) AS succeeded,
+                   SUM(CASE WHEN status = '{ActionStatus.DEAD}' THEN 1 ELSE 0 END) AS failed,
+                   SUM(CASE WHEN status IN ({in_flight}) THEN 1 ELSE 0 END) AS in_flight,
+                   SUM(CASE WHEN status IN ({not_sent}) THEN 1 ELSE 0 END) AS not_sent,
+                   MAX(CASE WHEN status = '{ActionStatus.DONE}' THEN finished_at END) AS last_success,
                    (SELECT MAX(t.finished_at) FROM attempts t JOIN actions b ON b.id = t.action_id
-                     WHERE {key_b} = {key} AND t.outcome IN ('failed', 'retry')) AS last_failure
+                     WHERE {{key_b}} = {{key}} AND t.outcome IN ('{AttemptOutcome.FAILED}', '{AttemptOutcome.RETRY}'))
+                     AS last_failure
             FROM actions a GROUP BY name ORDER BY name"""
         connector = "substr({t}.type, 1, instr({t}.type, '.') - 1)"
         return {
             "rules": self.database.rows(query.format(key="a.rule", key_b="b.rule")),
             "connectors": self.database.rows(query.format(key=connector.format(t="a"), key_b=connector.format(t="b"))),
         }
+
+
+def _listed(statuses: frozenset[ActionStatus]) -> str:
+    """Statuses as an SQL list of literals (they are our own words, never input)."""
+    return ", ".join(f"'{status}'" for status in sorted(statuses))

@@ -8,6 +8,7 @@ reader never waits for a writer. The modules beside this one hold every query gu
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -21,6 +22,8 @@ import sqlite_utils
 
 from ..core.timeutil import Clock, iso, utcnow
 from .migrations import MIGRATIONS
+
+log = logging.getLogger(__name__)
 
 
 class StoreUnavailable(Exception):
@@ -181,12 +184,10 @@ class Database:
                     yield conn
                     conn.execute("COMMIT")
                 except sqlite3.Error as exc:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                    _rollback(conn)
                     raise StoreUnavailable(str(exc)) from exc
                 except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                    _rollback(conn)
                     raise
             finally:
                 if relaxed:
@@ -206,8 +207,7 @@ class Database:
             except sqlite3.Error as exc:
                 raise StoreUnavailable(str(exc)) from exc
             finally:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                _rollback(conn)
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting for another process's write as long as the busy timeout allows.
@@ -276,10 +276,9 @@ class Database:
     def truncate_wal(self, attempts: int = 3) -> bool:
         """Checkpoint the write-ahead log into the database and truncate it to nothing, so that the old
         versions of the pages just rewritten are gone from it; False while a reader keeps it busy."""
-        conn = self.db.conn
         for attempt in range(attempts):
-            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-            if busy == 0:
+            row = self.one("PRAGMA wal_checkpoint(TRUNCATE)")
+            if row is not None and row[0] == 0:
                 return True
             time.sleep(0.1 * (attempt + 1))
         return False
@@ -300,3 +299,13 @@ class Database:
         except sqlite3.Error as exc:
             raise StoreUnavailable(str(exc)) from exc
         return self.truncate_wal()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back what is open; a rollback that fails (the connection broke) must not hide why we got here."""
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        log.warning("rollback failed (%s); SQLite rolls the transaction back when the connection closes", exc)

@@ -3,7 +3,7 @@
 `Sender`: Gu1 as a sender, with distinct signed events, each retried after 1 s, 2 s and 4 s when it
 gets no 2xx, every answer kept. `settle`: the end of every fault run: nothing accepted was lost,
 everything reached a final state, and every action took effect once, or again only where a kill left
-an attempt's outcome unknown. Both work on a tests/stack.py Stack running its default RULES.
+an attempt's outcome unknown. Both work on a tests/support/stack.py Stack running its default RULES.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tests.support.emulators.slack import SlackEmulator
 from tests.support.helpers import dumps, gu1_headers, wait_until
 from tests.support.stack import Stack
 
-# The rules of tests/stack.py's RULES: every status change upserts the Contact, a block is posted too.
+# The rules of tests/support/stack.py's RULES: every status change upserts the Contact, a block is posted too.
 UPSERT_RULE, SLACK_RULE = "status-to-salesforce", "alert-blocked"
 EXTERNAL_ID_FIELD = "Gu1_External_Id__c"
 

@@ -4,7 +4,7 @@
 gunicorn and any number of worker processes (`app.py worker`), each in a process group of its own
 so that a test can kill -9 a worker together with its RQ scheduler; and what a test needs to aim a
 fault: which worker is in the middle of a call, which one runs the RQ scheduler, another process
-holding SQLite's write lock. tests/burst.py sends bursts at it and checks how a run ended.
+holding SQLite's write lock. tests/support/burst.py sends bursts at it and checks how a run ended.
 
 Use the `make_stack` fixture (conftest imports it): `stack = make_stack(timeout="1s", retry=...)`.
 """
