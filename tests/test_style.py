@@ -94,3 +94,19 @@ def test_each_command_module_names_the_commands_it_defines():
         for name in names:
             assert f"`{name}`" in module.__doc__, (module.__name__, name)
             assert name in package_doc, name
+
+
+SQL = re.compile(r"\b(SELECT\b.+\bFROM|INSERT INTO|UPDATE \w+ SET|DELETE FROM|PRAGMA|CREATE (TABLE|INDEX))\b", re.S)
+
+
+def test_sql_is_written_in_the_storage_layer_only():
+    """Everything above gu1sync/storage asks it; none writes SQL of its own (Salesforce's SOQL aside)."""
+    found = []
+    for path in _python_files(*PACKAGES):
+        relative = path.relative_to(ROOT)
+        if relative.parts[:2] == ("gu1sync", "storage") or relative == Path("connectors/salesforce.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL.search(node.value):
+                found.append(f"{relative}:{node.lineno}")
+    assert found == []
