@@ -114,6 +114,12 @@ class ConnectorSpec:
     # The calls one attempt may make, each within the connector's timeout (a login, a lookup, the write,
     # a fresh login and the write again): with 5 s to spare, the time limit of one attempt.
     calls_per_attempt: int = 5
+    # Whether a failure means the service refused the credentials (a login refused, a token revoked, a
+    # webhook gone): the ops channel is told at once, and again when the connector works again.
+    refuses_credentials: Callable[[ActionError], bool] = lambda error: False
+    # A real, read-only call that proves the credentials (`doctor`, and while they are refused):
+    # (True, what it found), (None, why it cannot tell); raises ActionError when it fails.
+    check: Callable[[Any], tuple[bool | None, str]] | None = None
 
     def limits(self, settings: Any) -> tuple[float, float]:
         """(lease, time limit) of one attempt. RQ stops the attempt's job at its time limit, and the lease

@@ -4,11 +4,15 @@ Its declaration (CONNECTOR, at the end) gives the registry its settings, its act
 each names the record it writes. One client per worker process, logged in once and reused; a fresh
 login when the session expires (once per call); a timeout on every HTTP call. `classify` is the one
 place that decides which failures are worth retrying.
+
+Long because Salesforce has four ways to sign in, three action types and a rich vocabulary of
+errors, and a connector is one module: split, its parts would be read apart from each other.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
 
@@ -152,17 +156,32 @@ class SalesforceCreate(ActionParams):
     fields: Fields
 
 
+_API_USAGE = re.compile(r"(?:^|[\s,])api-usage=(\d+)/(\d+)")
+
+
+def api_usage(header: str | None) -> tuple[int, int] | None:
+    """(used, limit) from Sforce-Limit-Info (`api-usage=18/15000`), which every REST answer carries."""
+    match = _API_USAGE.search(header or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 class TimeoutSession(requests.Session):
-    """A requests session that never waits forever: simple-salesforce sets no timeout of its own."""
+    """A requests session that never waits forever (simple-salesforce sets no timeout of its own), and
+    remembers the org's API usage from the last answer that said it."""
 
     def __init__(self, timeout: float):
         super().__init__()
         self.timeout = timeout
         self._environment: dict[tuple, dict[str, Any]] = {}
+        self.api_usage: tuple[int, int] | None = None
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         kwargs.setdefault("timeout", self.timeout)
-        return super().request(method, url, **kwargs)
+        response = super().request(method, url, **kwargs)
+        usage = api_usage(response.headers.get("Sforce-Limit-Info"))
+        if usage is not None:
+            self.api_usage = usage
+        return response
 
     def merge_environment_settings(self, url, proxies, stream, verify, cert):  # noqa: ANN001, ANN201 - requests'
         # requests reads the proxy and CA bundle variables afresh on every request, which costs more
@@ -291,6 +310,25 @@ class SalesforceConnector:
         log.info("salesforce: logged in (%s) to %s", auth.method, instance)
         return Salesforce(session_id=session_id, instance=instance, session=self.session, version=version)
 
+    @property
+    def api_usage(self) -> tuple[int, int] | None:
+        """The org's daily API usage, (used, limit), as the last answer said."""
+        return getattr(self.session, "api_usage", None)
+
+    def check(self) -> tuple[bool | None, str]:
+        """Sign in and read the org's limits (GET /limits: read-only, one API call)."""
+        if self.dry_run:
+            return None, "no credentials (connectors.salesforce.auth): salesforce.* actions run dry"
+        try:
+            sf = self.client()
+            limits = sf.limits()
+        except Exception as exc:  # every failure is classified in one place, and no secret leaves in it
+            raise scrub(classify(exc), self._secrets) from exc
+        daily = limits.get("DailyApiRequests") or {}
+        used = daily.get("Max", 0) - daily.get("Remaining", 0) if daily else None
+        usage = f"; API requests in the last 24 h: {used} of {daily.get('Max')}" if used is not None else ""
+        return True, f"signed in ({self.settings.auth.method}) to {sf.base_url.split('/services')[0]}{usage}"
+
     def client(self) -> Salesforce:
         """The logged-in client, reused across calls."""
         if self._client is None:
@@ -373,6 +411,28 @@ def target_of(action_type: str, params: dict[str, Any]) -> str | None:
     return None
 
 
+# Codes with which Salesforce refuses credentials (a login refused, a session that cannot be renewed).
+REFUSALS = {
+    "INVALID_SESSION_ID",
+    "INVALID_LOGIN",
+    "INVALID_AUTH_HEADER",
+    "INVALID_OPERATION_WITH_EXPIRED_PASSWORD",
+    "LOGIN_MUST_USE_SECURITY_TOKEN",
+    "PASSWORD_LOCKOUT",
+    "API_DISABLED_FOR_ORG",
+    "invalid_grant",
+    "invalid_client",
+    "invalid_client_id",
+    "inactive_user",
+    "inactive_org",
+}
+
+
+def refuses_credentials(error: ActionError) -> bool:
+    """A refusal of the credentials, not of one record: told to the ops channel at once."""
+    return not error.retryable and (error.code in REFUSALS or error.status_code == 401)
+
+
 CONNECTOR = ConnectorSpec(
     name="salesforce",
     description="Where salesforce.* actions go.",
@@ -390,6 +450,8 @@ CONNECTOR = ConnectorSpec(
     ),
     dry_run_notice="Salesforce has no credentials (connectors.salesforce.auth): salesforce.* actions run dry, "
     "rendered and recorded but never sent.",
+    refuses_credentials=refuses_credentials,
+    check=lambda connector: connector.check(),
 )
 
 __all__ = ["CONNECTOR", "SalesforceConnector", "SalesforceSettings", "classify", "target_of"]

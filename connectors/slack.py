@@ -143,6 +143,32 @@ class SlackConnector:
             [settings.token.value if settings.token else None, hook, urlsplit(hook).path if hook else None]
         )
 
+    def check(self, channel: str | None = None) -> tuple[bool | None, str]:
+        """auth.test with the bot token (read-only), and the channel's info when one is named; an incoming
+        webhook cannot be checked without posting."""
+        if self.dry_run:
+            return None, "no credentials (token or webhook_url): slack.post actions run dry"
+        if self._web is None:
+            return None, "an incoming webhook: it cannot be checked without posting to it"
+        try:
+            who = self._web.auth_test()
+            found = f"signed in as {who.get('user')} in {who.get('team')}"
+            if channel:
+                try:
+                    info = self._web.conversations_info(channel=channel.removeprefix("#"))
+                except SlackApiError as exc:
+                    if exc.response.get("error") == "missing_scope":  # the bot may post without channels:read
+                        return None, f"{found}; cannot see {channel} (the token lacks channels:read)"
+                    raise
+                found += f"; {channel} is {'archived' if info['channel'].get('is_archived') else 'there'}"
+                if info["channel"].get("is_archived"):
+                    raise ActionError(f"{channel} is archived", retryable=False, code="is_archived")
+            return True, found
+        except ActionError:
+            raise
+        except Exception as exc:  # every failure is classified in one place, and no secret leaves in it
+            raise scrub(classify(exc), self._secrets) from exc
+
     def execute(self, action_type: str, params: dict[str, Any], meta: ActionMeta) -> Result:
         """Post one message."""
         if action_type != "slack.post":
@@ -245,6 +271,28 @@ def with_layout(values: dict[str, Any]) -> dict[str, Any]:
     return {**_COMPILED[layout], **values} if layout is not None else values
 
 
+# Slack's answers that refuse the credentials: a token revoked or wrong, an app removed, a webhook gone.
+REFUSALS = {
+    "invalid_auth",
+    "not_authed",
+    "token_revoked",
+    "token_expired",
+    "account_inactive",
+    "no_permission",
+    "org_login_required",
+    "ekm_access_denied",
+    "no_service",
+    "no_active_hooks",
+    "invalid_token",
+    "action_prohibited",
+}
+
+
+def refuses_credentials(error: ActionError) -> bool:
+    """A refusal of the credentials (or of the webhook URL), not of one message."""
+    return not error.retryable and (error.code in REFUSALS or error.status_code in (401, 403, 404, 410))
+
+
 CONNECTOR = ConnectorSpec(
     name="slack",
     description="Where slack.post goes.",
@@ -254,4 +302,6 @@ CONNECTOR = ConnectorSpec(
     actions=(ActionType(SlackPost, prepare=with_layout),),  # a repeated post shows twice
     dry_run_notice="Slack has no credentials (connectors.slack.token or webhook_url): slack.post actions run "
     "dry, rendered and recorded but never sent.",
+    refuses_credentials=refuses_credentials,
+    check=lambda connector: connector.check(),
 )

@@ -38,6 +38,7 @@ from .core.records import Action, Event, attempt_job
 from .core.status import ActionStatus, AttemptOutcome, EventStatus
 from .runtime import Runtime, attempt_limits, event_job_limit
 from .storage import StoreUnavailable
+from .storage.counting import CallReport
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class Attempt:
     lease: float
     job_limit: float
     event: Event | None = None  # the action's event, when the caller has it at hand
+    call: tuple | None = None  # what the connector call showed (see _observe), once it is made
 
     def run(self) -> dict:
         action, runtime = self.action, self.runtime
@@ -123,13 +125,16 @@ class Attempt:
         return self._call(started, params, meta, written, note)
 
     def _call(self, started: float, params: dict, meta: ActionMeta, written: tuple | None, note: str | None = None):
+        called = time.perf_counter()
         try:
             result = self.connector.execute(self.action.type, params, meta)
         except ActionError as error:
+            self._observe(called, error)
             return self._failed(started, error)
         except Exception as exc:  # a bug of ours: keep it as a dead letter, with the traceback in the log
             log.exception("action=%s: unexpected error", self.action.id)
             return self._failed(started, ActionError(f"unexpected {type(exc).__name__}: {exc}", retryable=False))
+        self._observe(called, None)
         summary = result.summary + (f"; {note}" if note else "")
         return self._end(
             started,
@@ -140,13 +145,32 @@ class Attempt:
             written=written,
         )
 
+    def _observe(self, called: float, error: ActionError | None) -> None:
+        """What the call showed of the service, recorded with the outcome: its latency, whether it took the
+        credentials (a refusal is told to the ops channel), the API usage it reported."""
+        spec = REGISTRY.connector_of(self.action.type)
+        if error is None:
+            credentials: bool | None = True
+        elif spec.refuses_credentials(error):
+            credentials = False
+        else:  # an answer of the service (not a network failure): it got past the credentials
+            credentials = True if error.status_code is not None else None
+        self.call = (
+            time.perf_counter() - called,
+            credentials,
+            error.code if credentials is False and error is not None else None,
+            getattr(self.connector, "api_usage", None),
+        )
+
     def _failed(self, started: float, error: ActionError) -> dict:
         # Attempts since the last replay count: a replayed action gets a fresh set of retries.
         attempt = self.action.attempts_since_replay
         policy = self.runtime.config.retry_for(self.action.rule)
         if error.retryable and attempt < policy.max_attempts:
             delay = backoff_delay(policy, attempt, error.retry_after, self.runtime.rng)
-            return self._again(started, AttemptOutcome.RETRY, error.message, delay, error.status_code, count=True)
+            return self._again(
+                started, AttemptOutcome.RETRY, error.message, delay, error.status_code, count=True, code=error.code
+            )
         message = error.message
         if error.retryable:
             message += f" (gave up after {attempt} attempt{'s' if attempt > 1 else ''})"
@@ -163,7 +187,16 @@ class Attempt:
         # Not an attempt: the record is busy. Try again shortly, without using up an attempt.
         return self._again(started, AttemptOutcome.DEFERRED, why, self.runtime.rng.uniform(0.5, 2.0), None, count=False)
 
-    def _again(self, started: float, outcome: str, error: str, delay: float, status_code: int | None, count: bool):
+    def _again(
+        self,
+        started: float,
+        outcome: str,
+        error: str,
+        delay: float,
+        status_code: int | None,
+        count: bool,
+        code: str | None = None,
+    ):
         action = self.action
         # The n-th attempt runs as job <action>-<n>; a deferral reuses n, so its job needs a name of its own.
         job_id = attempt_job(action.id, action.attempts + 1 if count else action.attempts)
@@ -174,6 +207,7 @@ class Attempt:
             started,
             outcome,
             ActionStatus.RETRYING,
+            code=code,
             error=error,
             status_code=status_code,
             next_attempt_at=next_at,
@@ -200,7 +234,10 @@ class Attempt:
     def _end(self, started: float, outcome: str, status: str, *, code: str | None = None, **fields: Any) -> dict:
         action = self.action
         duration = (time.perf_counter() - started) * 1000
-        if not self._finish(started, outcome=outcome, status=status, duration_ms=duration, **fields):
+        if self.call is not None:
+            seconds, credentials, refusal, usage = self.call
+            fields["call"] = CallReport(self.connector.name, outcome, seconds, credentials, refusal, usage)
+        if not self._finish(started, outcome=outcome, status=status, duration_ms=duration, error_code=code, **fields):
             log.warning(
                 "action=%s attempt=%d outcome=%s came after its lease expired; another attempt has the action",
                 action.id,
@@ -218,6 +255,18 @@ class Attempt:
             fields.get("status_code") or "-",
             code or "-",
             duration,
+            extra={
+                "action_id": action.id,
+                "event_id": action.event_id,
+                "rule": action.rule,
+                "action_type": action.type,
+                "attempt": action.attempts,
+                "outcome": outcome,
+                "status": status,
+                "status_code": fields.get("status_code"),
+                "code": code,
+                "ms": round(duration),
+            },
         )
         return {"action": action.id, "outcome": outcome, "status": status}
 

@@ -134,7 +134,13 @@ def _process(rt: Runtime, event: Event, first_attempts: FirstAttempts) -> dict:
         # Give the claim back, so the event goes again (the sweep re-queues it), or stops as `failed`
         # after a few tries.
         status = rt.store.release(event.id, f"{type(exc).__name__}: {exc}")
-        log.error("event=%s: processing failed (%s); the event is %s now", event.id, type(exc).__name__, status)
+        log.error(
+            "event=%s: processing failed (%s); the event is %s now",
+            event.id,
+            type(exc).__name__,
+            status,
+            extra={"event_id": event.id, "error_type": type(exc).__name__, "status": status},
+        )
         raise
     matched = [r.rule for r in results if r.matched]
     log.info(
@@ -144,6 +150,13 @@ def _process(rt: Runtime, event: Event, first_attempts: FirstAttempts) -> dict:
         config.digest,
         ",".join(matched) or "-",
         len(pending),
+        extra={
+            "event_id": event.id,
+            "event_type": event.type,
+            "config_version": config.digest,
+            "rules": matched,
+            "actions_pending": len(pending),
+        },
     )
     for action_id, action_type in pending:
         first_attempts.submit(config, action_id, action_type, event)

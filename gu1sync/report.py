@@ -115,6 +115,20 @@ def format_failed(rows: list[dict]) -> str:
     )
 
 
+def format_alerts(rows: list[dict]) -> str:
+    return _table(
+        rows,
+        [
+            ("created_at", "WHEN"),
+            ("kind", "KIND"),
+            ("key", "ABOUT"),
+            ("state", "STATE"),
+            ("delivery", "DELIVERY"),
+            ("title", "WHAT"),
+        ],
+    )
+
+
 def format_stats(stats: dict[str, list[dict]]) -> str:
     columns = [
         ("total", "TOTAL"),

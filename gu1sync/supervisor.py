@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import logs
 from .core.values import as_list
 from .core.yamlfile import ENV_ONLY, ConfigError, parse_yaml
 from .queue import redact, redis_client, wait_for_redis
@@ -113,9 +114,11 @@ class Supervisor:
         return process
 
     def _relay(self, name: str, process: subprocess.Popen) -> None:
+        """Each child's lines, prefixed with its name (in JSON: as a `process` key, each line one object)."""
+        json_lines = logs.log_format() == "json"
         prefix = f"{name:<{self._width}}| "
         for line in process.stdout:
-            sys.stdout.write(prefix + line)
+            sys.stdout.write(logs.as_json_line(line, name) + "\n" if json_lines else prefix + line)
             sys.stdout.flush()
 
     def start_redis(self, url: str) -> bool:

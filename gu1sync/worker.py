@@ -1,8 +1,10 @@
-"""The workers: RQ's worker (without a fork per job), a pool of them, and the sweeper beside each.
+"""The workers: RQ's worker (without a fork per job), a pool of them, and the sweeper and the ops
+alerts beside each.
 
 Each worker process sweeps once at start (work stored while Redis was down gets queued), keeps
 sweeping every `queue.sweep_interval` in a background thread (and runs the data retention after
-it), and runs the jobs of gu1sync.jobs with the scheduler, so that retries parked for later are run.
+it), looks at gu1-sync's health every `ops.check_every` (one process of all tells the ops channel),
+and runs the jobs of gu1sync.jobs with the scheduler, so that retries parked for later are run.
 `gu1-sync worker --processes N` runs an RQ worker pool.
 """
 
@@ -22,6 +24,7 @@ from rq.worker_pool import WorkerPool
 from connectors import REGISTRY, Connectors
 
 from . import jobs, logs
+from .alerts import NOT_CONFIGURED, AlerterThread
 from .config import Config
 from .core.timeutil import utcnow
 from .queue import EventQueue, redis_client, wait_for_redis
@@ -50,15 +53,18 @@ class Gu1Worker(SimpleWorker):
         kwargs["logging_level"] = logs.rq_level(logging.getLevelName(logging.getLogger().level))
         rt = jobs.runtime()
         sweeper = Sweeper(rt.queue, rt.config.queue.sweep_interval, lambda: rt.config)
+        alerts = AlerterThread(rt)
         swept = sweeper.sweep_once()
         if swept:
             log.info("start-up sweep queued %d stored event(s) or action(s)", len(swept))
         if not kwargs.get("burst"):
             sweeper.start()
+            alerts.start()
         try:
             return super().work(*args, **kwargs)
         finally:
             sweeper.stop()
+            alerts.stop()
 
     stop_asked = False  # set when SIGTERM or Ctrl-C asked this worker to stop (RQ's own note is private)
 
@@ -113,6 +119,8 @@ def run_worker(config: Config, *, burst: bool = False, processes: int = 1) -> No
     log.info("workers start: %d process(es), config %s, %d rule(s)", processes, config.digest, len(config.rules))
     for line in REGISTRY.dry_run_notices(config.connectors, Connectors()):
         log.warning(line)
+    if config.ops.slack is None:
+        log.warning(NOT_CONFIGURED)
     connection = redis_client(config.queue.redis_url, connect_timeout=5, timeout=None)
     level = logs.rq_level(logging.getLevelName(log.getEffectiveLevel()))
     logs.quiet_rq()

@@ -3,6 +3,7 @@ a clean stop with the job in hand finished, and the one line for a machine witho
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -112,6 +113,26 @@ def test_run_brings_everything_up_dry_and_send_test_shows_the_event(tmp_path):
     assert "receiver | " in output and "workers  | " in output  # every line says whose it is
     assert "rq.worker: Worker" not in output  # RQ's own chatter stays out of the terminal
     assert (tmp_path / "var" / "secrets.env").read_text().split("=", 1)[1].strip() not in output
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_run_in_json_every_line_of_every_process_is_one_object(tmp_path):
+    process, port = start_run(tmp_path, env={"GU1_SYNC_LOG_FORMAT": "json"})
+    try:
+        wait_until(
+            lambda: send_test(tmp_path, port, "entity.status_changed").returncode == 0, what="send-test to get through"
+        )
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    records = [json.loads(line) for line in output.splitlines() if line.strip()]  # each line parses
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    by_process = {r.get("process") for r in records}
+    assert {"receiver", "workers", None} <= by_process  # None: the supervisor's own lines
+    assert any(r.get("process") == "receiver" and r["logger"] == "gunicorn.access" for r in records)
+    assert any(r.get("process") == "workers" and r.get("action_id") for r in records)
+    assert any(r.get("process") is None and r["message"] == "receiver stopped" for r in records)
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")

@@ -4,6 +4,8 @@ and reading times and durations from the command line."""
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +19,8 @@ from ..config import Config, ConfigError, load_config
 from ..core.timeutil import iso, parse_duration, parse_iso, utcnow
 from ..runtime import Runtime
 from ..storage import StoreUnavailable
+
+log = logging.getLogger("gu1sync.cli")
 
 
 class Commands(click.Group):
@@ -48,12 +52,21 @@ class Commands(click.Group):
     "Variables already set in the environment win.",
 )
 @click.option("--log-level", envvar="GU1_SYNC_LOG_LEVEL", default="INFO", show_default=True)
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    envvar=logs.FORMAT_VARIABLE,
+    default="text",
+    show_default=True,
+    help="text, or json: one JSON object per line (or $GU1_SYNC_LOG_FORMAT).",
+)
 @click.pass_context
-def cli(ctx: click.Context, config_path: str, env_file: str | None, log_level: str) -> None:
+def cli(ctx: click.Context, config_path: str, env_file: str | None, log_level: str, log_format: str) -> None:
     """gu1-sync: receive signed Gu1 webhooks and act on them in Salesforce and Slack."""
     from dotenv import load_dotenv
 
-    logs.setup(log_level)
+    os.environ[logs.FORMAT_VARIABLE] = log_format  # the processes it starts log the same way
+    logs.setup(log_level, log_format)
     env_path = Path(env_file) if env_file else Path(config_path).resolve().parent / "var" / "secrets.env"
     if env_path.is_file():
         load_dotenv(env_path, override=False)
@@ -66,8 +79,12 @@ def config_of(ctx: click.Context) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        click.echo(f"{path}: {len(exc.errors)} error(s)", err=True)
+        if logs.log_format() == "json":  # a service's start-up under systemd: one JSON line like all others
+            problems = [str(problem) for problem in exc.problems]
+            log.error("%s: %d error(s)", path, len(exc.errors), extra={"config": path, "problems": problems})
+        else:
+            click.echo(str(exc), err=True)
+            click.echo(f"{path}: {len(exc.errors)} error(s)", err=True)
         sys.exit(1)
 
 

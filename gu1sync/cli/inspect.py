@@ -1,7 +1,8 @@
 """Commands that look at what happened, and act on it: `events` (recent events), `show` (one event's
 whole trace), `failed` (dead letters), `replay` (dead actions again), `stats` (per rule and per
-connector) and `send-test` (a realistic signed event, and what became of it). They never change the
-database's schema and never wait longer than storage.busy_timeout."""
+connector), `alerts` (what gu1-sync told its operators) and `send-test` (a realistic signed event,
+and what became of it). They never change the database's schema and never wait longer than
+storage.busy_timeout."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from .. import report, sendtest
 from ..delivery import replay as run_replay
 from ..simulate import default_source
 from ..storage import StoreUnavailable
+from ..storage.ops import OpsLog
 from ..storage.reports import recent_events, trace
 from .common import cli, command_runtime, config_of, fail, since
 
@@ -79,6 +81,17 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     """Per rule and per connector: totals, successes, failures, last success, last failure."""
     data = command_runtime(ctx).actions.stats()
     click.echo(report.as_json(data) if as_json else report.format_stats(data))
+
+
+@cli.command()
+@click.option("--since", "since_text", help="ISO timestamp, or how far back: 30m, 2h, 7d.")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def alerts(ctx: click.Context, since_text: str | None, limit: int, as_json: bool) -> None:
+    """Operational alerts, newest first: what gu1-sync told (or, without ops.slack, logged) about its health."""
+    rows = OpsLog(command_runtime(ctx).store).alerts(since(since_text), limit)
+    click.echo(report.as_json(rows) if as_json else report.format_alerts(rows))
 
 
 @cli.command("send-test")

@@ -13,6 +13,7 @@ import click
 from redis.exceptions import RedisError
 
 from .. import logs
+from ..alerts import NOT_CONFIGURED
 from ..config import ConfigError, load_config
 from ..storage import StoreUnavailable
 from .common import cli, command_runtime, config_of, fail
@@ -30,6 +31,8 @@ def serve(ctx: click.Context, bind: str, workers: int, threads: int) -> None:
     from ..receiver import create_app
 
     config = config_of(ctx)
+    if config.ops.slack is None:
+        logging.getLogger("gu1sync.serve").warning(NOT_CONFIGURED)
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -106,10 +109,11 @@ def run(ctx: click.Context, bind: str, processes: int) -> None:
         os.environ["REDIS_URL"] = local_redis_url(var_dir)
     env_file: Path = ctx.obj["env_file"]
     for name in ensure_dev_secrets(env_file, secret_variables(ctx.obj["config_path"])):
-        click.echo(
-            f"{name} was not set: generated a development secret in {env_file}. Gu1 does not know it; "
-            "put the secret from Gu1's dashboard there (or in the environment) to receive real webhooks.",
-            err=True,
+        logging.getLogger("gu1sync.run").warning(
+            "%s was not set: generated a development secret in %s. Gu1 does not know it; put the secret from "
+            "Gu1's dashboard there (or in the environment) to receive real webhooks.",
+            name,
+            env_file,
         )
     config = config_of(ctx)
     own_redis = own_redis and config.queue.redis_url == os.environ["REDIS_URL"]

@@ -4,14 +4,26 @@ from the connector registry, the rules' from the rules language."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import Discriminator, Field, PrivateAttr, StringConstraints, Tag
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    Tag,
+    WithJsonSchema,
+    model_validator,
+)
 
 from connectors import ConnectorSettings
-from gu1sync.core.values import NAME_PATTERN, Duration, Name, PositiveDuration, StrictModel, duration
+from connectors.slack import SlackSettings
+from gu1sync.core.values import NAME_PATTERN, Duration, Name, PositiveDuration, SecretValue, StrictModel, duration
 from gu1sync.core.yamlfile import Document, Problem
 from gu1sync.kinds import Source
 from rules.model import DEFAULT_RETRY, ConfigTest, RetrySettings, Rule
@@ -58,6 +70,105 @@ class ReceiverSettings(StrictModel):
     max_body_bytes: int = Field(MIB, ge=1024, le=64 * MIB, description="Larger bodies get 413 unread.")
 
 
+def _ratio(value: object) -> object:
+    """A share written as 0.8 or as text such as 80%."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            return float(value.strip()[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"expected a share such as 80% or 0.8, got {value!r}") from None
+    return value
+
+
+Ratio = Annotated[
+    float,
+    BeforeValidator(_ratio),
+    Field(gt=0, le=1),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*%\s*$"},
+            ],
+            "description": "a share: 0.8, or 80%",
+        }
+    ),
+]
+
+
+class OpsSlack(SlackSettings):
+    """Where gu1-sync tells of its own health: a bot token and a channel, or an incoming webhook."""
+
+    channel: str | None = Field(None, description="#channel or channel id; required with a bot token.")
+
+    @model_validator(mode="after")
+    def _channel_with_token(self) -> OpsSlack:
+        if self.token is not None and not self.channel:
+            raise ValueError('give the channel to post to (channel: "#gu1-sync-ops") with a bot token')
+        if self.token is None and self.webhook_url is None:
+            raise ValueError("give a bot token and a channel, or an incoming webhook's webhook_url")
+        return self
+
+
+class DeadLetterAlerts(StrictModel):
+    """Actions that fail for good: one digest per interval, never a message per action."""
+
+    wait: Duration = Field(30, description="How long the first dead letter waits for others of its burst.")
+    interval: PositiveDuration = Field(300, description="At most one digest per interval.")
+    ids: int = Field(5, ge=1, le=50, description="How many action ids a digest lists.")
+
+
+class SignatureAlerts(StrictModel):
+    """A source refusing many signed requests: a secret regenerated in Gu1 but not here?"""
+
+    failures: int = Field(10, ge=1, description="Refusals (signature or timestamp) on one source...")
+    window: PositiveDuration = Field(300, description="...within this long.")
+
+
+class BacklogAlerts(StrictModel):
+    """Work that does not move."""
+
+    age: PositiveDuration = Field(600, description="The oldest unfinished event older than this.")
+    redis_down: PositiveDuration = Field(60, description="Redis unreachable for longer than this.")
+
+
+class SalesforceApiAlerts(StrictModel):
+    """Salesforce's daily API limit, shared with every other integration of the org."""
+
+    usage: Ratio = Field(0.8, description="Alert above this share of the daily limit (Sforce-Limit-Info).")
+
+
+class OpsSettings(StrictModel):
+    """gu1-sync's own health: what it tells its operators, and where."""
+
+    slack: OpsSlack | None = Field(
+        None, description="The ops channel; without it, alerts are only kept (`gu1-sync alerts`) and logged."
+    )
+    check_every: PositiveDuration = Field(10, description="How often the conditions are checked.")
+    dead_letters: DeadLetterAlerts = DeadLetterAlerts()
+    signatures: SignatureAlerts = SignatureAlerts()
+    backlog: BacklogAlerts = BacklogAlerts()
+    salesforce_api: SalesforceApiAlerts = SalesforceApiAlerts()
+
+
+def _network(value: object) -> object:
+    try:
+        ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an address or a network such as 10.0.0.0/8") from None
+    return value
+
+
+class MetricsSettings(StrictModel):
+    """GET /metrics on the receiver (Prometheus' text format)."""
+
+    allow: list[Annotated[str, AfterValidator(_network)]] = Field(
+        ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
+        description="Client addresses that may read it (loopback and private networks by default).",
+    )
+    token: SecretValue | None = Field(None, description="When set, a scrape must send Authorization: Bearer <it>.")
+
+
 class Config(StrictModel):
     """config.yaml, validated."""
 
@@ -73,6 +184,10 @@ class Config(StrictModel):
         ConnectorSettings(), description="One section per connector; a connector without credentials runs dry."
     )
     retry: RetrySettings = Field(DEFAULT_RETRY, description="How failed actions are retried (rules may override).")
+    ops: OpsSettings = Field(
+        OpsSettings(), description="Operational alerts: gu1-sync telling its operators when it breaks."
+    )
+    metrics: MetricsSettings = Field(MetricsSettings(), description="GET /metrics, for Prometheus.")
     rules: list[Rule] = Field([], description="What to do with events; see README, Rules.")
     tests: Annotated[
         Annotated[list[ConfigTest], Tag("list")] | Annotated[str, Tag("file")],

@@ -115,6 +115,7 @@ class Action:
     retry_base: int = 0  # attempts made before the last replay: a replay gives a fresh set
     mode: str | None = None
     error: str | None = None
+    error_code: str | None = None  # the service's code for the last failure: INVALID_FIELD, channel_not_found...
     status_code: int | None = None
     result: str | None = None
     job_id: str | None = None
@@ -124,6 +125,7 @@ class Action:
     updated_at: str | None = None
     finished_at: str | None = None
     config_version: str | None = None
+    alerted_at: str | None = None  # when the ops channel was told of it as a dead letter
     interrupted: bool = False  # set by a claim: the previous attempt's worker died during it
 
     @property

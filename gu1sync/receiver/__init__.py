@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from ..alerts import AlerterThread
 from ..config import Config
 from ..core.timeutil import Clock, utcnow
 from ..kinds import kind_for
@@ -38,6 +39,8 @@ def create_app(source: Config | Runtime, *, clock: Clock = utcnow, server: bool 
     )
     app.register_blueprint(blueprint)
     install_error_handlers(app)
+    if server:  # the receiver's processes look at gu1-sync's health too: when no worker runs, they tell
+        AlerterThread(runtime).start()
     return app
 
 

@@ -32,6 +32,12 @@ class Unauthorized(HTTPProblem):
     status = 401
 
 
+class Forbidden(HTTPProblem):
+    """This client may not have this (403): /metrics from an address metrics.allow does not list."""
+
+    status = 403
+
+
 class NotFound(HTTPProblem):
     """No such source or path (404)."""
 

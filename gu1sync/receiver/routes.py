@@ -1,4 +1,4 @@
-"""POST /webhooks/<source>: verify, store, deduplicate, enqueue, answer; and the health endpoints.
+"""POST /webhooks/<source>: verify, store, deduplicate, enqueue, answer; the health endpoints; /metrics.
 
 The order matters: the source is looked up before the body is read, the size is checked before
 anything is verified, the signature before the body is parsed, and the event is committed to
@@ -7,11 +7,13 @@ SQLite before the 2xx is sent. Nothing about a body is logged except ids and the
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import time
 from dataclasses import dataclass
 
-from flask import Blueprint, Flask, Request, current_app, jsonify, request
+from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..config import Config
@@ -21,11 +23,13 @@ from ..core.records import Event, event_id, make_event
 from ..core.status import EventStatus
 from ..core.timeutil import Clock, iso
 from ..kinds import Kind
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..metrics import render as render_metrics
 from ..queue import BackgroundEnqueuer, EventQueue
 from ..runtime import Runtime
 from ..storage import Store, StoreUnavailable
 from ..storage.groupcommit import GroupCommit
-from .errors import BadRequest, HTTPProblem, NotFound, PayloadTooLarge, ServiceUnavailable, Unauthorized
+from .errors import BadRequest, Forbidden, HTTPProblem, NotFound, PayloadTooLarge, ServiceUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +157,7 @@ def receive(source_name: str):
         queued = "soon"
     else:
         queued = str(svc.queue.enqueue(event.id)).lower()
+    took = (time.perf_counter() - started) * 1000
     log.info(
         "accepted event=%s source=%s type=%s secret=%s duplicate=%s queued=%s ms=%.1f",
         event.id,
@@ -161,7 +166,16 @@ def receive(source_name: str):
         secret,
         str(not new).lower(),
         queued,
-        (time.perf_counter() - started) * 1000,
+        took,
+        extra={
+            "event_id": event.id,
+            "source": source_name,
+            "event_type": printable(event.type),
+            "secret": secret,
+            "duplicate": not new,
+            "queued": queued,
+            "ms": round(took, 1),
+        },
     )
     return jsonify(id=event.id, duplicate=not new), 202 if new else 200
 
@@ -216,11 +230,38 @@ def readyz():
     return jsonify(ready=ready, checks=checks), 200 if ready else 503
 
 
+@blueprint.get("/metrics", **ROUTE_OPTIONS)
+def metrics():
+    """Prometheus' text format, for the addresses `metrics.allow` lets in (and the bearer of `metrics.token`)."""
+    svc = services()
+    settings = svc.config.metrics
+    client = ipaddress.ip_address(request.remote_addr or "0.0.0.0")
+    if not any(client in ipaddress.ip_network(network, strict=False) for network in settings.allow):
+        raise Forbidden("metrics_forbidden", "this address may not read /metrics (metrics.allow)")
+    if settings.token is not None:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {settings.token.value}".encode()):
+            raise Unauthorized("metrics_unauthorized", "/metrics needs Authorization: Bearer <metrics.token>")
+    try:
+        body = render_metrics(svc.runtime)
+    except StoreUnavailable as exc:
+        log.error("metrics: the database cannot be read: %s", exc)
+        raise ServiceUnavailable("storage_unavailable", "the database cannot be read; retry later") from None
+    return Response(body, content_type=METRICS_CONTENT_TYPE)
+
+
 def _rejected(status: int, reason: str, message: str, extra: dict | None = None):
     svc = current_app.extensions.get("gu1sync")
     source = request.environ.get("gu1sync.source")
     if source is not None and svc is not None:  # a webhook route: count it and say why, never what
-        log.warning("rejected source=%s status=%d reason=%s remote=%s", source, status, reason, request.remote_addr)
+        log.warning(
+            "rejected source=%s status=%d reason=%s remote=%s",
+            source,
+            status,
+            reason,
+            request.remote_addr,
+            extra={"source": source, "status": status, "reason": reason, "remote": request.remote_addr},
+        )
         if status != 503:  # a 503 means SQLite is out of reach: counting it there would only wait again
             try:
                 svc.store.count_rejection(source, reason, status)

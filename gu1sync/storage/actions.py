@@ -16,6 +16,7 @@ from typing import Any
 from ..core.records import Action
 from ..core.status import IN_FLIGHT_ACTION_STATUSES, NOT_SENT_ACTION_STATUSES, ActionStatus, AttemptOutcome
 from ..core.timeutil import iso
+from .counting import CallReport
 from .events import Store
 
 PENDING, RUNNING, RETRYING, DEAD = ActionStatus.PENDING, ActionStatus.RUNNING, ActionStatus.RETRYING, ActionStatus.DEAD
@@ -104,6 +105,8 @@ class ActionLog:
         job_id: str | None = None,
         count_attempt: bool = True,
         written: tuple[str, list[str], str, str] | None = None,
+        call: CallReport | None = None,
+        error_code: str | None = None,
     ) -> bool:
         """End the attempt and set the action's new status, in one transaction.
 
@@ -111,9 +114,12 @@ class ActionLog:
         claimed the action since) records its own outcome in the attempt log, and changes nothing
         else; False then. `written` = (target, fields, occurred_at, event_id) advances the record's
         versions. `count_attempt=False` gives the attempt's number back (it was deferred, not tried).
+        `call`: what the connector's call showed (latency, credentials, API usage), counted either way.
         """
         now = self.now
         with self.store.transaction() as conn:
+            if call is not None:
+                call.record(conn, now)
             if not count_attempt:
                 conn.execute("DELETE FROM attempts WHERE action_id = ? AND attempt = ?", (action.id, action.attempts))
             else:
@@ -132,7 +138,8 @@ class ActionLog:
                     ),
                 )
             cursor = conn.execute(
-                """UPDATE actions SET status = ?, error = ?, status_code = ?, result = ?, next_attempt_at = ?,
+                """UPDATE actions SET status = ?, error = ?, error_code = ?, status_code = ?, result = ?,
+                          next_attempt_at = ?,
                           job_id = COALESCE(?, job_id), lease_until = NULL, updated_at = ?,
                           finished_at = CASE WHEN ? THEN ? ELSE finished_at END,
                           attempts = attempts - ?
@@ -140,6 +147,7 @@ class ActionLog:
                 (
                     status,
                     error,
+                    error_code,
                     status_code,
                     result,
                     iso(next_attempt_at) if next_attempt_at else None,
@@ -231,7 +239,8 @@ class ActionLog:
         False if it is not dead."""
         with self.store.transaction() as conn:
             cursor = conn.execute(
-                """UPDATE actions SET status = ?, params = ?, error = NULL, next_attempt_at = NULL,
+                """UPDATE actions SET status = ?, params = ?, error = NULL, error_code = NULL, alerted_at = NULL,
+                          next_attempt_at = NULL,
                           retry_base = attempts, config_version = ?, updated_at = ? WHERE id = ? AND status = ?""",
                 (
                     PENDING,

@@ -19,6 +19,7 @@ from ..core.records import Event, action_id, first_job
 from ..core.status import ActionStatus, EventOutcome, EventStatus
 from ..core.timeutil import Clock, iso, utcnow
 from ..kinds import payload_of
+from .counting import count
 from .database import Database
 
 if TYPE_CHECKING:
@@ -109,6 +110,9 @@ class Store:
                     ),
                 )
                 new = cursor.rowcount == 1
+                outcome = "invalid" if event.status == EventStatus.INVALID else "accepted" if new else "duplicate"
+                labels = {"source": event.source, "type": (event.type or "-")[:100], "outcome": outcome}
+                count(conn, "events_received", labels)
                 conn.execute(
                     """INSERT INTO deliveries (event_id, source, received_at, secret, duplicate, headers)
                        VALUES (?, ?, ?, ?, ?, ?)""",
@@ -128,6 +132,11 @@ class Store:
                    VALUES (?, ?, ?, 1, ?, ?)
                    ON CONFLICT(source, reason) DO UPDATE SET count = count + 1, last_at = excluded.last_at""",
                 (source, reason, status, now, now),
+            )
+            conn.execute(  # by the second: how many a source refused lately (the ops alerts ask)
+                """INSERT INTO rejection_seconds (source, reason, second, count) VALUES (?, ?, ?, 1)
+                   ON CONFLICT(source, reason, second) DO UPDATE SET count = count + 1""",
+                (source, reason, now[:19]),
             )
 
     # -- the workers' side ------------------------------------------------------------------------
@@ -256,8 +265,8 @@ class Store:
                     identifier = action_id(event_id, result.rule, action.index)
                     cursor = conn.execute(
                         """INSERT INTO actions (id, event_id, rule, action_index, type, mode, params, status, error,
-                                                attempts, created_at, updated_at, config_version, job_id)
-                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)
+                                                error_code, attempts, created_at, updated_at, config_version, job_id)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)
                            ON CONFLICT(id) DO NOTHING""",
                         (
                             identifier,
@@ -269,6 +278,7 @@ class Store:
                             json.dumps(action.params, ensure_ascii=False, default=str),
                             status,
                             action.error,
+                            "template_error" if action.error is not None else None,
                             iso(now),
                             iso(now),
                             config_version,

@@ -167,5 +167,66 @@ def _migration_5(db: sqlite_utils.Database) -> None:
     db["record_versions"].create_index(["event_id"])
 
 
+def _migration_6(db: sqlite_utils.Database) -> None:
+    # Monotonic counters for /metrics, kept in the same transactions as what they count, so that every
+    # process (and every box) reads the same figures and a restart resets nothing.
+    db["counters"].create({"name": str, "labels": str, "value": float}, pk=("name", "labels"), not_null={"value"})
+    # Rejections by the second they happened: how many a source refused within the last minutes.
+    db["rejection_seconds"].create(
+        {"source": str, "reason": str, "second": str, "count": int},
+        pk=("source", "reason", "second"),
+        not_null={"count"},
+    )
+    # Each connector's health as its last calls saw it: signed in or refused, and its API usage.
+    db["connector_health"].create(
+        {
+            "connector": str,
+            "state": str,
+            "code": str,
+            "since": str,
+            "checked_at": str,
+            "api_used": int,
+            "api_limit": int,
+            "api_at": str,
+        },
+        pk="connector",
+        not_null={"state"},
+    )
+    # Operational alerts: every message gu1-sync sent (or tried to) about its own health.
+    db["alerts"].create(
+        {
+            "id": int,
+            "kind": str,
+            "key": str,
+            "state": str,
+            "title": str,
+            "text": str,
+            "created_at": str,
+            "delivery": str,
+            "error": str,
+        },
+        pk="id",
+        not_null={"kind", "key", "state", "title", "text", "created_at", "delivery"},
+    )
+    db["alerts"].create_index(["created_at"])
+    # What is firing now, per kind and key (a connector, a source), so that each outage is told once.
+    db["alert_states"].create(
+        {"kind": str, "key": str, "firing": int, "since": str, "last_sent_at": str},
+        pk=("kind", "key"),
+        not_null={"firing"},
+    )
+    # Leases: one process of all does a periodic job (the alerts) at a time.
+    db["leases"].create({"name": str, "holder": str, "until": str}, pk="name", not_null={"holder", "until"})
+    # A dead letter is in one digest of the ops channel, and again only if it dies again after a replay;
+    # digests group dead letters by the service's error code (INVALID_FIELD, channel_not_found...).
+    db["actions"].add_column("alerted_at", str)
+    db["actions"].add_column("error_code", str)
+    db.execute(
+        "CREATE INDEX idx_actions_dead_unalerted ON actions (updated_at) WHERE status = 'dead' AND alerted_at IS NULL"
+    )
+    # /metrics counts actions by rule, type and status: from the index alone.
+    db["actions"].create_index(["status", "rule", "type"])
+
+
 # Append only: each entry moves the file from user_version N to N + 1.
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6]

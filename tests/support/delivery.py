@@ -66,10 +66,10 @@ rules:
 def setup(make_config, org, workspace, redis_conn, tmp_path):
     """Build (config, app, ctx) for a channel; the worker context uses the emulators' TLS session."""
 
-    def build(channel: str = "#compliance-alerts", extra: str = "", **overrides):
+    def build(channel: str = "#compliance-alerts", extra: str = "", environ: dict | None = None):
         text = (CONNECTORS + RULES).format(sf_url=org.url, slack_url=workspace.api_url, channel=channel) + extra
         org.sessions.add(ENV["SF_SESSION"])
-        config = make_config(text, environ=ENV)
+        config = make_config(text, environ={**ENV, **(environ or {})})
         app = create_app(config)
         connectors = Connectors({"salesforce": lambda s: SalesforceConnector(s, session=org.client_session())})
         ctx = Runtime.for_service(config, role="worker", connectors=connectors)

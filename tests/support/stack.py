@@ -84,12 +84,15 @@ class Stack:
         rules: str = RULES,
         retry: str = "",
         busy_timeout: str = "1s",
+        extra: str = "",
+        env: dict[str, str] | None = None,
     ):
         self.redis_url = redis_url
         self.config = tmp_path / "config.yaml"
         self.config.write_text(
             config_text(redis_url, busy_timeout=busy_timeout)
             + rules.format(sf_url=org.url, slack_url=workspace.api_url, timeout=timeout, retry=retry)
+            + extra
         )
         org.sessions.add(SESSION)
         self.env = {
@@ -98,6 +101,7 @@ class Stack:
             "SF_SESSION": SESSION,
             "SLACK_TOKEN": workspace.token,
             "REQUESTS_CA_BUNDLE": org.ca_path,  # the workers trust the emulator's throwaway CA
+            **(env or {}),
         }
         self.port = free_port()
         self.db_path = tmp_path / "events.db"
@@ -119,8 +123,8 @@ class Stack:
         self.processes.append(process)
         return process
 
-    def start_receiver(self) -> None:
-        self.start("serve", "--bind", f"127.0.0.1:{self.port}", "--workers", "1")
+    def start_receiver(self, workers: int = 1) -> None:
+        self.start("serve", "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers))
         wait_until(lambda: self.request("GET", "/healthz")[0] == 200, what="the receiver")
 
     def start_worker(self, processes: int = 1, *, ready: bool = False) -> subprocess.Popen:

@@ -1,6 +1,7 @@
 """A Salesforce org on localhost, over HTTPS with a throwaway CA, speaking the REST wire format that
-simple-salesforce expects: sobjects upsert/update/create, SOQL query, the OAuth token endpoint and
-the SOAP login, with the error bodies Salesforce sends.
+simple-salesforce expects: sobjects upsert/update/create, SOQL query, limits, the OAuth token endpoint
+and the SOAP login, with the error bodies Salesforce sends, and the org's daily API usage in the
+Sforce-Limit-Info header of every REST answer.
 
 `client_session()` gives a requests session that trusts the CA and sends *.salesforce.com (the
 login host simple-salesforce always uses) to this server: a hosts-file entry, in code.
@@ -86,6 +87,9 @@ class SalesforceEmulator(Emulator):
         self.client_id, self.client_secret, self.jwt_public_key = client_id, client_secret, jwt_public_key
         self.sessions: set[str] = set()
         self.records: dict[str, dict[str, dict[str, Any]]] = {}
+        # The org's daily API usage, as every REST answer reports it (Sforce-Limit-Info) and /limits shows.
+        self.api_used = 0
+        self.api_limit = 15000
         self._ids = itertools.count(1)
         self._state = threading.Lock()
 
@@ -145,7 +149,14 @@ class SalesforceEmulator(Emulator):
 
     def route(self, request: Request) -> Response:
         with self._state:  # one request at a time changes the org, as a database would see it
-            return self._route(request)
+            response = self._route(request)
+            if request.path.startswith("/services/data/") and response.status != 401:
+                self.api_used += 1  # every authenticated REST call counts against the org's daily limit
+                response.headers = {
+                    **response.headers,
+                    "Sforce-Limit-Info": f"api-usage={self.api_used}/{self.api_limit}",
+                }
+            return response
 
     def _route(self, request: Request) -> Response:
         if request.path == "/services/oauth2/token" and request.method == "POST":
@@ -169,6 +180,9 @@ class SalesforceEmulator(Emulator):
                 return Response(201, {"id": record_id, "success": True, "errors": []})
         if re.fullmatch(API + r"/query/?", request.path) and request.method == "GET":
             return self._query(request.query.get("q", [""])[0])
+        if re.fullmatch(API + r"/limits/?", request.path) and request.method == "GET":
+            remaining = max(self.api_limit - self.api_used - 1, 0)
+            return Response(200, {"DailyApiRequests": {"Max": self.api_limit, "Remaining": remaining}})
         return Response(404, NOT_FOUND)
 
     def _upsert(self, sobject: str, field: str, value: str, fields: dict) -> Response:

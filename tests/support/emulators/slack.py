@@ -1,6 +1,7 @@
-"""A Slack workspace on localhost: the Web API methods gu1-sync uses (chat.postMessage, auth.test) with
-Slack's `{ok: false, error}` answers and 429 + Retry-After, and incoming webhooks with their text
-answers (`ok`, `no_service`, `invalid_payload`...). slack-sdk talks to it through `base_url`."""
+"""A Slack workspace on localhost: the Web API methods gu1-sync uses (chat.postMessage, auth.test,
+conversations.info) with Slack's `{ok: false, error}` answers and 429 + Retry-After, incoming webhooks
+with their text answers (`ok`, `no_service`, `invalid_payload`...), and what an admin can do to both:
+revoke the token, remove the webhook, archive a channel. slack-sdk talks to it through `base_url`."""
 
 from __future__ import annotations
 
@@ -22,10 +23,23 @@ class SlackEmulator(Emulator):
             "compliance-alerts": "C0COMPLIANCE",
             "onboarding": "C0ONBOARDING",
             "compliance": "C0COMPLIANCE2",
+            "gu1-sync-ops": "C0OPS",
         }
         self.messages: list[dict[str, Any]] = []
         self._ts = itertools.count(1)
         self._state = threading.Lock()
+        self.revoked: str | None = None  # the error every call with the token gets, once revoked
+        self.webhook_removed = False
+        self.archived: set[str] = set()
+
+    def revoke(self, error: str = "token_revoked") -> None:
+        """The token stops working (an admin revoked it, or the app was removed)."""
+        self.revoked = error
+
+    def restore(self) -> None:
+        """A token works again (a new one was put in place of the revoked one), and so does the webhook."""
+        self.revoked = None
+        self.webhook_removed = False
 
     @property
     def api_url(self) -> str:
@@ -62,7 +76,7 @@ class SlackEmulator(Emulator):
         return self.channels.get(name) or (name if name in self.channels.values() else None)
 
     def route(self, request: Request) -> Response:
-        if request.path == WEBHOOK_PATH:
+        if request.path == WEBHOOK_PATH and not self.webhook_removed:
             return self._webhook(request)
         if request.path.startswith("/services/"):
             return Response(404, "no_service")
@@ -71,6 +85,8 @@ class SlackEmulator(Emulator):
         method = request.path.removeprefix("/api/")
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return Response(200, {"ok": False, "error": "invalid_auth"})
+        if self.revoked:
+            return Response(200, {"ok": False, "error": self.revoked})
         if method == "auth.test":
             return Response(
                 200,
@@ -86,12 +102,23 @@ class SlackEmulator(Emulator):
             )
         if method == "chat.postMessage":
             return self._post(request.json if "json" in request.headers.get("Content-Type", "") else request.form)
+        if method == "conversations.info":
+            body = request.json if "json" in request.headers.get("Content-Type", "") else request.form
+            channel = self.channel_id(str(body.get("channel") or ""))
+            if channel is None:
+                return Response(200, {"ok": False, "error": "channel_not_found"})
+            name = next((n for n, c in self.channels.items() if c == channel), channel)
+            return Response(
+                200, {"ok": True, "channel": {"id": channel, "name": name, "is_archived": name in self.archived}}
+            )
         return Response(200, {"ok": False, "error": "unknown_method"})
 
     def _post(self, body: dict[str, Any]) -> Response:
         channel = self.channel_id(str(body.get("channel") or ""))
         if channel is None:
             return Response(200, {"ok": False, "error": "channel_not_found"})
+        if any(self.channels.get(name) == channel for name in self.archived):
+            return Response(200, {"ok": False, "error": "is_archived"})
         if not body.get("text") and not body.get("blocks"):
             return Response(200, {"ok": False, "error": "no_text"})
         with self._state:
