@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -309,11 +310,17 @@ UNFINISHED = (EventStatus.RECEIVED, EventStatus.PROCESSING, EventStatus.FAILED)
 
 
 def replay(
-    runtime: Runtime, *, event_id: str | None = None, action_id: str | None = None, since: str | None = None
+    runtime: Runtime,
+    *,
+    event_id: str | None = None,
+    action_id: str | None = None,
+    since: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """Dead actions go again, rendered with the config in force now; returns a line per action or event.
 
-    Events that never finished processing are queued again as a whole.
+    Events that never finished processing are queued again as a whole. `progress` is told (actions
+    done, actions in all) as it goes.
     """
     config = runtime.config
     lines: list[str] = []
@@ -345,11 +352,15 @@ def replay(
     by_event: dict[str, list[Action]] = {}
     for action in dead:
         by_event.setdefault(action.event_id, []).append(action)
+    done = 0
     for owner, actions in by_event.items():
         event = runtime.store.event(owner)
         results = {result.rule: result for result in evaluate(config.rules, event)} if event else {}
         for action in actions:
             lines.append(_replay_one(runtime, config, action, results.get(action.rule)))
+            done += 1
+            if progress is not None:
+                progress(done, len(dead))
     return lines
 
 

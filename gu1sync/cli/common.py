@@ -7,9 +7,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 from redis.exceptions import RedisError
@@ -104,6 +107,34 @@ def fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
+PLAIN_EVERY = 2.0  # seconds between plain progress lines (none for what ends sooner)
+
+
+@contextmanager
+def progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A way for a long operation to say how far it is: a progress bar on a terminal; otherwise, for
+    one that takes a while, a line of plain counts every PLAIN_EVERY seconds."""
+    bar: Any = None
+    last = [time.monotonic()]
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if sys.stdout.isatty():
+            if bar is None:
+                bar = click.progressbar(length=max(total, 1), label=label)
+                bar.__enter__()
+            bar.update(done - bar.pos)
+        elif time.monotonic() - last[0] >= PLAIN_EVERY:
+            click.echo(f"{label}: {done} of {total}")
+            last[0] = time.monotonic()
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
 def since(text: str | None) -> str | None:
     """An ISO timestamp, or a duration back from now (30m, 2h, 1d)."""
     if text is None:
@@ -132,4 +163,4 @@ def older_than(text: str | None) -> float | None:
     return seconds
 
 
-__all__ = ["cli", "command_runtime", "config_of", "fail", "older_than", "since"]
+__all__ = ["cli", "command_runtime", "config_of", "fail", "older_than", "progress", "since"]

@@ -11,7 +11,7 @@ import click
 
 from ..core.timeutil import iso, utcnow
 from ..storage import StoreUnavailable, retention
-from .common import cli, command_runtime, config_of, fail, older_than
+from .common import cli, command_runtime, config_of, fail, older_than, progress
 
 
 @cli.command()
@@ -23,10 +23,11 @@ def backup(ctx: click.Context, destination: str) -> None:
         raise click.BadParameter(f"{destination} exists; choose a new file", param_hint="DESTINATION")
     runtime = command_runtime(ctx, any_schema=True)  # a copy of the file, whatever its version (before an upgrade)
     try:
-        runtime.store.database.backup(destination)
+        with progress("backup (pages)") as told:
+            pages = runtime.store.database.backup(destination, progress=told)
     except StoreUnavailable as exc:
         fail(f"backup failed: {exc}")
-    click.echo(f"backed up {runtime.store.path} to {destination}")
+    click.echo(f"backed up {runtime.store.path} to {destination} ({pages} pages)")
 
 
 @cli.command()
@@ -65,13 +66,14 @@ def purge(ctx: click.Context, older_than_text: str | None, subject: str | None, 
     now = utcnow()
     store = command_runtime(ctx, writes=True).store
     try:
-        if subject is not None:
-            result = retention.erase_subject(store, subject, now=now, dry_run=dry_run)
-            scope = "about the given id"
-        else:
-            cutoff = now - timedelta(seconds=seconds)
-            result = retention.purge_older_than(store, cutoff, now=now, dry_run=dry_run)
-            scope = f"idle since before {iso(cutoff)}"
+        with progress("purge (events)") as told:
+            if subject is not None:
+                result = retention.erase_subject(store, subject, now=now, dry_run=dry_run, progress=told)
+                scope = "about the given id"
+            else:
+                cutoff = now - timedelta(seconds=seconds)
+                result = retention.purge_older_than(store, cutoff, now=now, dry_run=dry_run, progress=told)
+                scope = f"idle since before {iso(cutoff)}"
         vacuumed = retention.vacuum(store) if vacuum and not dry_run else None
     except StoreUnavailable as exc:
         fail(f"purge failed: {exc}")

@@ -1,8 +1,8 @@
 """Commands that look at what happened, and act on it: `events` (recent events), `show` (one event's
 whole trace), `failed` (dead letters), `replay` (dead actions again), `stats` (per rule and per
-connector), `alerts` (what gu1-sync told its operators) and `send-test` (a realistic signed event,
-and what became of it). They never change the database's schema and never wait longer than
-storage.busy_timeout."""
+connector), `alerts` (what gu1-sync told its operators), `doctor` (is every part working?) and
+`send-test` (a realistic signed event, and what became of it). They never change the database's
+schema and never wait longer than storage.busy_timeout."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import click
 
 from .. import report, sendtest
 from ..delivery import replay as run_replay
+from ..doctor import FAIL, examine
 from ..simulate import default_source
 from ..storage import StoreUnavailable
 from ..storage.ops import OpsLog
 from ..storage.reports import recent_events, trace
-from .common import cli, command_runtime, config_of, fail, since
+from .common import cli, command_runtime, config_of, fail, progress, since
 
 
 @cli.command()
@@ -66,7 +67,8 @@ def replay(ctx: click.Context, event_id: str | None, action_id: str | None, sinc
     moment = since(since_text)
     runtime = command_runtime(ctx, writes=True)
     try:
-        lines = run_replay(runtime, event_id=event_id, action_id=action_id, since=moment)
+        with progress("replay") as told:
+            lines = run_replay(runtime, event_id=event_id, action_id=action_id, since=moment, progress=told)
     except StoreUnavailable as exc:
         fail(f"replay failed: {exc}")
     click.echo("\n".join(lines) if lines else "nothing to replay")
@@ -92,6 +94,30 @@ def alerts(ctx: click.Context, since_text: str | None, limit: int, as_json: bool
     """Operational alerts, newest first: what gu1-sync told (or, without ops.slack, logged) about its health."""
     rows = OpsLog(command_runtime(ctx).store).alerts(since(since_text), limit)
     click.echo(report.as_json(rows) if as_json else report.format_alerts(rows))
+
+
+@cli.command()
+@click.option(
+    "--url",
+    envvar="GU1_SYNC_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="The receiver to ask /readyz (or $GU1_SYNC_URL); --url '' when it runs elsewhere.",
+)
+@click.pass_context
+def doctor(ctx: click.Context, url: str) -> None:
+    """Is every part working? One line per check, each naming the part; exit 1 if one fails.
+
+    The config and its secrets, the database, Redis and the workers, each connector's credentials (a
+    real read-only call), the ops channel, the receiver, dead letters and the backlog.
+    """
+    failed = 0
+    for check in examine(ctx.obj["config_path"], url or None):
+        click.echo(str(check))
+        failed += check.verdict == FAIL
+    if failed:
+        fail(f"doctor: {failed} check(s) failed")
+    click.echo("doctor: every check passed")
 
 
 @cli.command("send-test")

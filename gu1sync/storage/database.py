@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -264,14 +264,23 @@ class Database:
 
     # -- maintenance ------------------------------------------------------------------------------
 
-    def backup(self, destination: str) -> None:
+    def backup(self, destination: str, progress: Callable[[int, int], None] | None = None) -> int:
         """A consistent copy of the whole file at `destination`, taken while everything runs (SQLite's
-        online backup: writers are not stopped)."""
+        online backup, a chunk of pages at a time: writers are not stopped). `progress` is told (pages
+        copied, pages in all) after each chunk. Returns the pages copied."""
+        copied = [0]
+
+        def step(status: int, remaining: int, total: int) -> None:
+            copied[0] = total - remaining
+            if progress is not None:
+                progress(total - remaining, total)
+
         try:
             with sqlite3.connect(destination) as target:
-                self.db.conn.backup(target)
+                self.db.conn.backup(target, pages=1024, progress=step)
         except sqlite3.Error as exc:
             raise StoreUnavailable(str(exc)) from exc
+        return copied[0]
 
     def truncate_wal(self, attempts: int = 3) -> bool:
         """Checkpoint the write-ahead log into the database and truncate it to nothing, so that the old

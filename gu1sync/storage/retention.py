@@ -22,6 +22,7 @@ import json
 import logging
 import re
 import sqlite3
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -117,9 +118,22 @@ def _redact(conn: sqlite3.Connection, ids: list[str], now: datetime, erase: bool
     return done
 
 
-def _purge_batches(store: Store, ids: list[str], now: datetime, dry_run: bool, cutoff: str | None) -> Purge:
+Progress = Callable[[int, int], None]  # (events looked at, events to look at)
+
+
+def _purge_batches(
+    store: Store,
+    ids: list[str],
+    now: datetime,
+    dry_run: bool,
+    cutoff: str | None,
+    progress: Progress | None = None,
+    done: int = 0,
+    of: int = 0,
+) -> Purge:
     """Purge those of `ids` that are finished (and, with a cutoff, idle since before it), a batch per
-    transaction; finality is checked inside each transaction, so a replay cannot slip in between."""
+    transaction; finality is checked inside each transaction, so a replay cannot slip in between.
+    `progress` is told (done + events looked at so far, `of`) after each batch."""
     total = Purge(dry_run=dry_run)
     for start in range(0, len(ids), BATCH):
         batch = ids[start : start + BATCH]
@@ -136,6 +150,8 @@ def _purge_batches(store: Store, ids: list[str], now: datetime, dry_run: bool, c
             total.unfinished += sum(1 for row in rows if not row[1])
             if ready:
                 total.add(_redact(conn, ready, now, erase=cutoff is None))
+        if progress is not None:
+            progress(done + start + len(batch), of or len(ids))
     return total
 
 
@@ -149,11 +165,15 @@ def _finish(store: Store, result: Purge, now: datetime) -> Purge:
     return result
 
 
-def purge_older_than(store: Store, cutoff: datetime, *, now: datetime, dry_run: bool = False) -> Purge:
+def purge_older_than(
+    store: Store, cutoff: datetime, *, now: datetime, dry_run: bool = False, progress: Progress | None = None
+) -> Purge:
     """Purge every finished event that has seen no activity since `cutoff` (received, processed, and
     its actions last updated before it)."""
     stamp = iso(cutoff)
     result = Purge(dry_run=dry_run)
+    count = store.database.one("SELECT COUNT(*) FROM events WHERE purged_at IS NULL AND received_at < ?", (stamp,))
+    of, done = (count[0] if count else 0), 0
     after = ("", "")
     while True:  # a page is read without the write lock; each batch is checked again as it is purged
         rows = store.database.all(
@@ -162,7 +182,8 @@ def purge_older_than(store: Store, cutoff: datetime, *, now: datetime, dry_run: 
                ORDER BY received_at, id LIMIT ?""",
             (stamp, *after, PAGE),
         )
-        result.add(_purge_batches(store, [row[1] for row in rows], now, dry_run, stamp))
+        result.add(_purge_batches(store, [row[1] for row in rows], now, dry_run, stamp, progress, done, of))
+        done += len(rows)
         if len(rows) < PAGE:
             return _finish(store, result, now)
         after = (rows[-1][0], rows[-1][1])
@@ -225,12 +246,14 @@ def subject_events(store: Store, subject: str) -> list[str]:
         after = rows[-1][0]
 
 
-def erase_subject(store: Store, subject: str, *, now: datetime, dry_run: bool = False) -> Purge:
+def erase_subject(
+    store: Store, subject: str, *, now: datetime, dry_run: bool = False, progress: Progress | None = None
+) -> Purge:
     """Purge every finished event about one data subject, whatever its age, and the ordering marks
     and throttle windows that name it. Unfinished ones are left, and counted."""
     check_subject(subject)
     ids = subject_events(store, subject)
-    result = _purge_batches(store, ids, now, dry_run, None)
+    result = _purge_batches(store, ids, now, dry_run, None, progress)
     with _write(store, dry_run) as conn:
         # Marks that name the subject and whose event is gone or purged (those of an unfinished event stay).
         suffix = ":" + subject
