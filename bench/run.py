@@ -38,7 +38,7 @@ from tests.support.emulators.slack import SlackEmulator
 
 GUNICORN = str(Path(PYTHON).with_name("gunicorn"))
 SERVE = os.environ.get(
-    "BENCH_SERVE", "--workers 2 --threads 4"
+    "BENCH_SERVE", "--workers 2 --threads 128"
 ).split()  # `gu1-sync serve`'s defaults, for both servers
 
 

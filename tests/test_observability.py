@@ -177,3 +177,23 @@ def _no_personal_data(lines: list[str]) -> None:
     # As JSON may write them too.
     escaped = [json.dumps(NAME)[1:-1], json.dumps(NAME, ensure_ascii=False)[1:-1]]
     assert not [line for line in lines for text in escaped if text in line]
+
+
+def test_metrics_answer_only_the_allowed_addresses_and_the_token_bearer(make_config, make_app):
+    open_app = make_app(make_config())
+    assert open_app.test_client().get("/metrics").status_code == 200  # loopback is allowed by default
+    outside = open_app.test_client().get("/metrics", environ_base={"REMOTE_ADDR": "203.0.113.9"})
+    assert (outside.status_code, outside.json["error"]) == (403, "metrics_forbidden")
+    guarded = make_app(
+        make_config(
+            "metrics:\n  allow: [203.0.113.0/24]\n  token: ${METRICS_TOKEN}\n",
+            environ={"METRICS_TOKEN": "s3cret-scrape"},
+        )
+    ).test_client()
+    peer = {"REMOTE_ADDR": "203.0.113.9"}
+    assert guarded.get("/metrics", environ_base=peer).json["error"] == "metrics_unauthorized"
+    wrong = guarded.get("/metrics", environ_base=peer, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "s3cret" not in wrong.get_data(as_text=True)
+    right = guarded.get("/metrics", environ_base=peer, headers={"Authorization": "Bearer s3cret-scrape"})
+    assert right.status_code == 200 and "gu1sync_events_received_total" in right.get_data(as_text=True)
+    assert guarded.get("/metrics").status_code == 403  # loopback is not in this allow list

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from .. import logs
 from ..alerts import NOT_CONFIGURED
 from ..config import ConfigError, load_config
+from ..receiver.server import ReceiverWorker
 from ..storage import StoreUnavailable
 from .common import cli, command_runtime, config_of, fail
 
@@ -22,7 +23,9 @@ from .common import cli, command_runtime, config_of, fail
 @cli.command()
 @click.option("--bind", default="127.0.0.1:8000", show_default=True, help="Address to listen on.")
 @click.option("--workers", default=2, show_default=True, help="Receiver processes.")
-@click.option("--threads", default=4, show_default=True, help="Threads per receiver process.")
+@click.option(
+    "--threads", default=128, show_default=True, help="Threads per receiver process (started as they are needed)."
+)
 @click.pass_context
 def serve(ctx: click.Context, bind: str, workers: int, threads: int) -> None:
     """Run the webhook receiver under gunicorn."""
@@ -33,6 +36,7 @@ def serve(ctx: click.Context, bind: str, workers: int, threads: int) -> None:
     config = config_of(ctx)
     if config.ops.slack is None:
         logging.getLogger("gu1sync.serve").warning(NOT_CONFIGURED)
+    ReceiverWorker.read_timeout = config.receiver.read_timeout  # the workers gunicorn forks inherit it
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -40,7 +44,7 @@ def serve(ctx: click.Context, bind: str, workers: int, threads: int) -> None:
                 "bind": bind,
                 "workers": workers,
                 "threads": threads,
-                "worker_class": "gthread",
+                "worker_class": "gu1sync.receiver.server.ReceiverWorker",
                 "timeout": 30,
                 "graceful_timeout": 20,
                 "accesslog": "-",

@@ -68,6 +68,9 @@ class ReceiverSettings(StrictModel):
     """The HTTP side."""
 
     max_body_bytes: int = Field(MIB, ge=1024, le=64 * MIB, description="Larger bodies get 413 unread.")
+    read_timeout: PositiveDuration = Field(
+        10, description="A request (headers and body) must arrive within this long, else 408 and it is dropped."
+    )
 
 
 def _ratio(value: object) -> object:

@@ -44,6 +44,12 @@ class NotFound(HTTPProblem):
     status = 404
 
 
+class RequestTimeout(HTTPProblem):
+    """The request did not arrive within receiver.read_timeout (408)."""
+
+    status = 408
+
+
 class PayloadTooLarge(HTTPProblem):
     """The body is over the configured limit (413)."""
 

@@ -29,7 +29,17 @@ from ..queue import BackgroundEnqueuer, EventQueue
 from ..runtime import Runtime
 from ..storage import Store, StoreUnavailable
 from ..storage.groupcommit import GroupCommit
-from .errors import BadRequest, Forbidden, HTTPProblem, NotFound, PayloadTooLarge, ServiceUnavailable, Unauthorized
+from .errors import (
+    BadRequest,
+    Forbidden,
+    HTTPProblem,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+    Unauthorized,
+)
+from .server import body_read, timed_out
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +94,8 @@ ROUTE_OPTIONS = {"provide_automatic_options": False, "merge_slashes": False}
 
 
 def _read_body(req: Request, limit: int) -> bytes:
-    """The body; 413 without reading further than `limit` + 1 bytes; 400 when it cannot be read.
+    """The body; 413 without reading further than `limit` + 1 bytes; 400 when it cannot be read; 408
+    when it does not arrive within receiver.read_timeout (server.ReceiverWorker stops the reading).
 
     A Content-Length over the limit is refused before anything is read. A chunked body has no
     length, so the app's MAX_CONTENT_LENGTH is limit + 1: werkzeug stops reading there (and says
@@ -93,12 +104,20 @@ def _read_body(req: Request, limit: int) -> bytes:
     too_large = PayloadTooLarge("payload_too_large", f"the body is over {limit} bytes")
     if req.content_length is not None and req.content_length > limit:
         raise too_large
+    sock = req.environ.get("gunicorn.socket")
     try:
         body = req.get_data(cache=False)
     except RequestEntityTooLarge:
         raise too_large from None
     except Exception:  # whatever the server's reader raises: werkzeug's ClientDisconnected, gunicorn's bad chunk
+        if sock is not None and timed_out(sock):
+            raise RequestTimeout("request_timeout", "the body did not arrive within the read deadline") from None
         raise BadRequest("bad_request", "the body could not be read: it ended early or its chunks are broken") from None
+    finally:
+        if sock is not None:
+            body_read(sock)
+    if sock is not None and timed_out(sock):  # its reading was stopped: what came is not the whole body
+        raise RequestTimeout("request_timeout", "the body did not arrive within the read deadline")
     if len(body) > limit:
         raise too_large
     return body
@@ -269,8 +288,8 @@ def _rejected(status: int, reason: str, message: str, extra: dict | None = None)
                 log.error("cannot count rejection source=%s reason=%s: %s", source, reason, exc)
     response = jsonify(error=reason, message=message, **(extra or {}))
     response.status_code = status
-    if status == 413:
-        response.headers["Connection"] = "close"  # do not drain the rest of an oversized body
+    if status in (408, 413):
+        response.headers["Connection"] = "close"  # do not drain the rest of an oversized or late body
     return response
 
 
