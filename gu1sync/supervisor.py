@@ -28,6 +28,7 @@ from .queue import redact, redis_client, wait_for_redis
 log = logging.getLogger("gu1sync.run")
 # Where the gu1sync package lies (the project, or site-packages once installed): children run from here.
 ROOT = Path(__file__).resolve().parent.parent
+SUPERVISED = "GU1_SYNC_SUPERVISED"  # set in the children's environment: what one of them says, the other need not
 INSTALL_REDIS = "redis-server is not installed: sudo apt install redis-server (Debian/Ubuntu), or set REDIS_URL"
 
 
@@ -106,7 +107,7 @@ class Supervisor:
             stdout=output,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", SUPERVISED: "1"},
         )
         if log_file is None:
             threading.Thread(target=self._relay, args=(name, process), daemon=True).start()

@@ -109,6 +109,7 @@ def test_run_brings_everything_up_dry_and_send_test_shows_the_event(tmp_path):
     assert process.returncode == 0, output
     assert output.count("Salesforce has no credentials") == 1  # said once, plainly
     assert output.count("Slack has no credentials") == 1
+    assert output.count("ops.slack is not configured: gu1-sync will not tell anyone when it breaks") == 1
     assert "workers stopped" in output and "receiver stopped" in output and "redis stopped" in output
     assert "receiver | " in output and "workers  | " in output  # every line says whose it is
     assert "rq.worker: Worker" not in output  # RQ's own chatter stays out of the terminal

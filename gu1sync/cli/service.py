@@ -17,6 +17,7 @@ from ..alerts import NOT_CONFIGURED
 from ..config import ConfigError, load_config
 from ..receiver.server import ReceiverWorker
 from ..storage import StoreUnavailable
+from ..supervisor import SUPERVISED
 from .common import cli, command_runtime, config_of, fail
 
 
@@ -34,7 +35,7 @@ def serve(ctx: click.Context, bind: str, workers: int, threads: int) -> None:
     from ..receiver import create_app
 
     config = config_of(ctx)
-    if config.ops.slack is None:
+    if config.ops.slack is None and not os.environ.get(SUPERVISED):  # under `run`, the workers say it
         logging.getLogger("gu1sync.serve").warning(NOT_CONFIGURED)
     ReceiverWorker.read_timeout = config.receiver.read_timeout  # the workers gunicorn forks inherit it
 
