@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 from urllib.parse import quote, quote_plus
 
+from pydantic import Field
 from rq.timeouts import JobTimeoutException
 
-from gu1sync.core.values import StrictModel
+from gu1sync.core.values import Duration, StrictModel
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,28 @@ class Connector(Protocol):
     def execute(self, action_type: str, params: dict[str, Any], meta: ActionMeta) -> Result: ...
 
 
+class BatchingConnector(Connector, Protocol):
+    """A connector that can carry out several actions of one type in one call (ActionType.batch)."""
+
+    def execute_batch(
+        self, action_type: str, items: list[tuple[dict[str, Any], ActionMeta]]
+    ) -> list[Result | ActionError]:
+        """One call for all the items; a Result or an ActionError per item, in order. Raises ActionError
+        when the call as a whole failed (every item then shares that outcome)."""
+        ...
+
+
+class BatchSettings(StrictModel):
+    """How actions that can share a call are sent together (`connectors.<name>.batch`)."""
+
+    max: int = Field(200, ge=1, description="Most actions in one call (1: every action alone).")
+    linger: Duration = Field(
+        0,
+        description="How long a lone action may wait for others to share its call (0: it goes at once; "
+        "batches form from what is already waiting).",
+    )
+
+
 class ActionParams(StrictModel):
     """The parameters of one action type, as a rule writes them (strings may hold templates)."""
 
@@ -94,6 +117,9 @@ class ActionType:
     repeat_harmless: bool = False
     # The values to render, from those the rule wrote (a ready-made layout's text and blocks, say).
     prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # Which rendered actions of this type may share one call (`execute_batch`): those with the same key.
+    # None (the function, or its answer for one action): each goes alone.
+    batch: Callable[[dict[str, Any]], str | None] | None = None
 
     @property
     def name(self) -> str:

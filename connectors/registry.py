@@ -12,7 +12,7 @@ from pydantic import Field, create_model
 
 from gu1sync.core.values import StrictModel
 
-from .base import ActionType, Connector, ConnectorSpec
+from .base import ActionType, BatchSettings, Connector, ConnectorSpec
 
 
 class Registry:
@@ -48,6 +48,13 @@ class Registry:
     def settings_of(self, settings: Any, action_type: str) -> Any:
         """The section of `connectors:` for an action type's connector."""
         return getattr(settings, self.connector_of(action_type).name)
+
+    def batching(self, settings: Any, action_type: str) -> BatchSettings | None:
+        """How actions of this type share calls (`connectors.<name>.batch`), or None: each goes alone."""
+        batch = getattr(self.settings_of(settings, action_type), "batch", None)
+        if self.action(action_type).batch is None or batch is None or batch.max < 2:
+            return None
+        return batch
 
     def limits(self, settings: Any, action_type: str) -> tuple[float, float]:
         """(lease, time limit) of one attempt of an action type, under `connectors:` settings."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 from pydantic import Field, model_validator
@@ -35,6 +35,7 @@ from .base import (
     ActionMeta,
     ActionParams,
     ActionType,
+    BatchSettings,
     ConnectorSpec,
     Result,
     common,
@@ -98,6 +99,13 @@ class JwtAuth(StrictModel):
         return self
 
 
+class SalesforceBatch(BatchSettings):
+    """`connectors.salesforce.batch`: upserts, creates and updates by record id that are ready at once go
+    as one sObject Collections call (one API call for up to 200 records)."""
+
+    max: int = Field(200, ge=1, le=200, description="Most records in one call: 200 at most, Salesforce's limit.")
+
+
 class SalesforceSettings(StrictModel):
     """`connectors.salesforce`: without `auth`, Salesforce actions run dry (recorded, never sent)."""
 
@@ -106,6 +114,7 @@ class SalesforceSettings(StrictModel):
     ) = None
     api_version: str = Field("59.0", pattern=r"^\d+\.\d$")
     timeout: PositiveDuration = Field(15, description="For every HTTP call to Salesforce.")
+    batch: SalesforceBatch = Field(SalesforceBatch(), description="Several records in one API call.")
 
 
 # -- the action types, as rules write them ---------------------------------------------------------
@@ -336,10 +345,28 @@ class SalesforceConnector:
         return self._client
 
     def execute(self, action_type: str, params: dict[str, Any], meta: ActionMeta) -> Result:
-        """One action; an expired session is renewed once (login-based auth) and the call made again."""
+        """One action in one API call."""
+        return self._with_session(lambda: self._call(action_type, params))
+
+    def execute_batch(
+        self, action_type: str, items: list[tuple[dict[str, Any], ActionMeta]]
+    ) -> list[Result | ActionError]:
+        """Several actions of one type (and one batch key) in one sObject Collections call; a Result or
+        an ActionError per action, from its own row of the answer."""
+        outcomes: list[Result | ActionError | None] = [_empty_key(params) for params, _ in items]
+        ready = [index for index, outcome in enumerate(outcomes) if outcome is None]
+        if ready:
+            rows = self._with_session(lambda: self._collection(action_type, [items[i][0] for i in ready]))
+            for index, row in zip(ready, rows, strict=True):
+                outcomes[index] = row
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _with_session(self, call: Any) -> Any:
+        """Make the call; an expired session is renewed once (login-based auth) and the call made again.
+        Every failure is classified, and no secret leaves in it."""
         try:
             try:
-                return self._call(action_type, params)
+                return call()
             except SalesforceExpiredSession:
                 if isinstance(self.settings.auth, SessionAuth):
                     raise ActionError(
@@ -351,17 +378,13 @@ class SalesforceConnector:
                     ) from None
                 self._client = None
                 log.info("salesforce: session expired; logging in again")
-                return self._call(action_type, params)
+                return call()
         except Exception as exc:  # every failure is classified in one place, and no secret leaves in it
             raise scrub(classify(exc), self._secrets) from exc
 
     def _call(self, action_type: str, params: dict[str, Any]) -> Result:
-        for key in ("external_id", "record_id"):
-            if key in params and (params[key] is None or not str(params[key]).strip()):
-                raise ActionError(
-                    f"{key} is empty for this event (the value its template reads is null or blank)",
-                    retryable=False,
-                )
+        if (empty := _empty_key(params)) is not None:
+            raise empty
         sf = self.client()
         sobject = getattr(sf, params["object"])
         fields = params["fields"]
@@ -370,34 +393,139 @@ class SalesforceConnector:
                 f"{params['external_id_field']}/{quote(str(params['external_id']), safe='')}", fields
             )
             return Result(status, "created" if status == 201 else "updated")
+        if action_type == "salesforce.update" and params.get("record_id"):
+            status = sobject.update(quote(str(params["record_id"]), safe=""), fields)
+            return Result(status, f"updated {params['record_id']}")
         if action_type == "salesforce.update":
-            record_id = params.get("record_id") or self._find(sf, params)
-            status = sobject.update(quote(str(record_id), safe=""), fields)
-            return Result(status, f"updated {record_id}")
+            return self._update_by_external_id(sf, params)
         if action_type == "salesforce.create":
             created = sobject.create(fields)
             return Result(201, f"created {created.get('id')}")
         raise ActionError(f"salesforce cannot {action_type}", retryable=False)
 
-    @staticmethod
-    def _find(sf: Salesforce, params: dict[str, Any]) -> str:
-        """The Id of the one record whose external id field has the value (an update never creates)."""
-        soql = format_soql(
-            "SELECT Id FROM {:literal} WHERE {:literal} = {} LIMIT 2",
-            params["object"],
-            params["external_id_field"],
-            str(params["external_id"]),
+    def _update_by_external_id(self, sf: Salesforce, params: dict[str, Any]) -> Result:
+        """Find the one record with the external id and update it, in one Composite call (one API call):
+        a count, an aggregate that has a row only when exactly one record matches, and a PATCH of the Id
+        in that row. No row, no write: an update never creates, and never picks one of several."""
+        sobject, field, value = params["object"], params["external_id_field"], str(params["external_id"])
+        count = format_soql("SELECT COUNT() FROM {:literal} WHERE {:literal} = {}", sobject, field, value)
+        only = format_soql(
+            "SELECT MAX(Id) recordId FROM {:literal} WHERE {:literal} = {} GROUP BY {:literal} HAVING COUNT(Id) = 1",
+            sobject,
+            field,
+            value,
+            field,
         )
-        records = sf.query(soql)["records"]
-        if len(records) != 1:
-            found = "no" if not records else "more than one"
+        base = urlsplit(sf.base_url).path  # /services/data/v59.0/
+        answer = sf.restful(
+            "composite",
+            method="POST",
+            json={
+                "allOrNone": False,
+                "compositeRequest": [
+                    {"method": "GET", "url": f"{base}query/?q={quote_plus(count)}", "referenceId": "matches"},
+                    {"method": "GET", "url": f"{base}query/?q={quote_plus(only)}", "referenceId": "only"},
+                    {
+                        "method": "PATCH",
+                        "url": f"{base}sobjects/{sobject}/@{{only.records[0].recordId}}",
+                        "referenceId": "write",
+                        "body": params["fields"],
+                    },
+                ],
+            },
+        )
+        parts = {part.get("referenceId"): part for part in (answer or {}).get("compositeResponse", [])}
+        matches, found, write = parts.get("matches") or {}, parts.get("only") or {}, parts.get("write") or {}
+        for part in (matches, found):
+            if part.get("httpStatusCode", 500) >= 300:
+                raise _part_error(part)
+        status = write.get("httpStatusCode", 500)
+        if status < 300:
+            return Result(status, f"updated {found['body']['records'][0]['recordId']}")
+        if _error_code(write.get("body")) != "PROCESSING_HALTED":
+            raise _part_error(write)
+        total = (matches.get("body") or {}).get("totalSize")
+        if total == 0 or (isinstance(total, int) and total > 1):
             raise ActionError(
-                f"{found} {params['object']} with {params['external_id_field']} = {params['external_id']!r}",
+                f"{'no' if total == 0 else 'more than one'} {sobject} with {field} = {value!r}",
                 retryable=False,
-                status_code=404 if not records else 300,
-                code="NOT_FOUND" if not records else "MULTIPLE_CHOICES",
+                status_code=404 if total == 0 else 300,
+                code="NOT_FOUND" if total == 0 else "MULTIPLE_CHOICES",
             )
-        return records[0]["Id"]
+        raise ActionError(f"the update was not made: {_error_message(write.get('body'))}", retryable=True, code=None)
+
+    def _collection(self, action_type: str, batch: list[dict[str, Any]]) -> list[Result | ActionError]:
+        """One sObject Collections call (allOrNone false): each record's row says how it went."""
+        first = batch[0]
+        if action_type == "salesforce.upsert":
+            field = first["external_id_field"]
+            path = f"composite/sobjects/{first['object']}/{field}"
+            records = [
+                {"attributes": {"type": p["object"]}, **p["fields"], p["external_id_field"]: p["external_id"]}
+                for p in batch
+            ]
+            method = "PATCH"
+        elif action_type == "salesforce.update":
+            path = "composite/sobjects"
+            records = [{"attributes": {"type": p["object"]}, **p["fields"], "id": p["record_id"]} for p in batch]
+            method = "PATCH"
+        elif action_type == "salesforce.create":
+            path = "composite/sobjects"
+            records = [{"attributes": {"type": p["object"]}, **p["fields"]} for p in batch]
+            method = "POST"
+        else:
+            raise ActionError(f"salesforce cannot batch {action_type}", retryable=False)
+        rows = self.client().restful(path, method=method, json={"allOrNone": False, "records": records})
+        if not isinstance(rows, list) or len(rows) != len(batch):
+            # The call was made, and what it did is unknown: an upsert or update may go again, a create not.
+            raise ActionError(
+                f"Salesforce answered a collection of {len(batch)} with {type(rows).__name__} "
+                f"of {len(rows) if isinstance(rows, list) else 'no'} rows",
+                retryable=action_type != "salesforce.create",
+            )
+        note = f" (one call for {len(batch)})"
+        return [_row_outcome(action_type, row, params, note) for row, params in zip(rows, batch, strict=True)]
+
+
+def _empty_key(params: dict[str, Any]) -> ActionError | None:
+    """An external id or record id that rendered empty: the action cannot name its record."""
+    for key in ("external_id", "record_id"):
+        if key in params and (params[key] is None or not str(params[key]).strip()):
+            return ActionError(
+                f"{key} is empty for this event (the value its template reads is null or blank)", retryable=False
+            )
+    return None
+
+
+def _part_error(part: dict[str, Any]) -> ActionError:
+    """A Composite subrequest's failure, decided as the same answer to a call of its own would be."""
+    status, body = part.get("httpStatusCode", 500), part.get("body")
+    code = _error_code(body)
+    message = f"{status} {code or ''}: {_error_message(body)}".replace("  ", " ")
+    retryable = code in RETRYABLE_CODES or status >= 500 or status == 429
+    return ActionError(message, retryable=retryable, status_code=status, code=code)
+
+
+def _row_outcome(action_type: str, row: Any, params: dict[str, Any], note: str) -> Result | ActionError:
+    """One record's row of a collection's answer: {id, success, errors: [{statusCode, message, fields}]}."""
+    if not isinstance(row, dict):
+        return ActionError(f"unreadable row in Salesforce's answer: {str(row)[:100]}", retryable=False)
+    if row.get("success"):
+        if action_type == "salesforce.upsert":
+            created = row.get("created")
+            return Result(201 if created else 200, f"{'created' if created else 'updated'} {row.get('id')}{note}")
+        if action_type == "salesforce.update":
+            return Result(204, f"updated {row.get('id') or params.get('record_id')}{note}")
+        return Result(201, f"created {row.get('id')}{note}")
+    errors = row.get("errors") or [{}]
+    first = errors[0] if isinstance(errors[0], dict) else {}
+    code = first.get("statusCode")
+    fields = f" [{', '.join(first['fields'])}]" if first.get("fields") else ""
+    return ActionError(
+        f"{code or 'error'}: {str(first.get('message', ''))[:500]}{fields}",
+        retryable=code in RETRYABLE_CODES,
+        code=code,
+    )
 
 
 def target_of(action_type: str, params: dict[str, Any]) -> str | None:
@@ -441,12 +569,19 @@ CONNECTOR = ConnectorSpec(
     classify=classify,
     actions=(
         ActionType(
-            SalesforceUpsert, target=lambda params: target_of("salesforce.upsert", params), repeat_harmless=True
+            SalesforceUpsert,
+            target=lambda params: target_of("salesforce.upsert", params),
+            repeat_harmless=True,
+            batch=lambda params: f"{params['object'].lower()}:{params['external_id_field'].lower()}",
         ),
         ActionType(
-            SalesforceUpdate, target=lambda params: target_of("salesforce.update", params), repeat_harmless=True
+            SalesforceUpdate,
+            target=lambda params: target_of("salesforce.update", params),
+            repeat_harmless=True,
+            # By record id, a collection; by external id, one Composite call of its own.
+            batch=lambda params: f"{params['object'].lower()}:id" if params.get("record_id") else None,
         ),
-        ActionType(SalesforceCreate),  # a repeat makes a second record
+        ActionType(SalesforceCreate, batch=lambda params: params["object"].lower()),  # a repeat makes a second record
     ),
     dry_run_notice="Salesforce has no credentials (connectors.salesforce.auth): salesforce.* actions run dry, "
     "rendered and recorded but never sent.",

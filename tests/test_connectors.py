@@ -194,7 +194,7 @@ def test_one_api_call_per_upsert_and_external_ids_escaped(org):
     assert org.find("Contact", "Gu1_External_Id__c", odd)[0]["KYC_Status__c"] == "approved"
 
 
-def test_update_by_external_id_never_creates(org):
+def test_update_by_external_id_is_one_call_and_never_creates(org):
     connector = salesforce(org)
     params = {**UPSERT, "external_id": "O'Brien"}
     assert outcome(lambda: connector.execute("salesforce.update", params, META)) == (False, 404, "NOT_FOUND")
@@ -202,8 +202,114 @@ def test_update_by_external_id_never_creates(org):
     record = org.add("Contact", {"Gu1_External_Id__c": "O'Brien"})
     assert connector.execute("salesforce.update", params, META).summary == f"updated {record}"
     assert org.records["Contact"][record]["KYC_Status__c"] == "approved"
+    # Each update was one Composite call: one API call, the lookup and the write inside it.
+    assert [(r.method, r.path) for r in org.seen()] == [("POST", "/services/data/v59.0/composite")] * 2
+    assert org.api_used == 2
     by_id = {"object": "Contact", "record_id": record, "fields": {"Status__c": "blocked"}}
     assert connector.execute("salesforce.update", by_id, META).status_code == 204
+
+
+def test_update_by_external_id_never_picks_one_of_several(org):
+    connector = salesforce(org)
+    first = org.add("Contact", {"Gu1_External_Id__c": "twin", "KYC_Status__c": "new"})
+    second = org.add("Contact", {"Gu1_External_Id__c": "twin", "KYC_Status__c": "new"})
+    params = {**UPSERT, "external_id": "twin"}
+    assert outcome(lambda: connector.execute("salesforce.update", params, META)) == (False, 300, "MULTIPLE_CHOICES")
+    assert {org.records["Contact"][r]["KYC_Status__c"] for r in (first, second)} == {"new"}
+
+
+def test_update_by_external_id_reports_the_write_s_own_error(org):
+    connector = salesforce(org)
+    record = org.add("Contact", {"Gu1_External_Id__c": "c-9"})
+    org.fail_record(record, LOCKED)
+    params = {**UPSERT, "external_id": "c-9"}
+    assert outcome(lambda: connector.execute("salesforce.update", params, META)) == (True, 400, "UNABLE_TO_LOCK_ROW")
+    bad_field = {**params, "external_id_field": "No_Such__c"}
+    org.fail(r"/composite$", 400, malformed("No such column 'No_Such__c'"))
+    assert outcome(lambda: connector.execute("salesforce.update", bad_field, META)) == (False, 400, "INVALID_FIELD")
+
+
+def _items(params_list: list[dict]) -> list[tuple[dict, ActionMeta]]:
+    return [(params, ActionMeta(f"act_{i}", f"ev_{i}", "rule")) for i, params in enumerate(params_list)]
+
+
+def test_a_batch_of_upserts_is_one_call_with_an_outcome_per_record(org):
+    connector = salesforce(org)
+    existing = org.add("Contact", {"Gu1_External_Id__c": "c-1", "KYC_Status__c": "new"})
+    org.fail_record("c-2", malformed("Bad value for KYC_Status__c", "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"))
+    org.fail_record("c-3", LOCKED)
+    batch = [{**UPSERT, "external_id": f"c-{i}"} for i in range(1, 6)]
+    batch[4] = {**batch[4], "external_id": " "}
+    results = connector.execute_batch("salesforce.upsert", _items(batch))
+    [request] = org.seen()
+    assert (request.method, request.path) == (
+        "PATCH",
+        "/services/data/v59.0/composite/sobjects/Contact/Gu1_External_Id__c",
+    )
+    assert request.json["allOrNone"] is False
+    assert request.json["records"][0] == {
+        "attributes": {"type": "Contact"},
+        "KYC_Status__c": "approved",
+        "Gu1_External_Id__c": "c-1",
+    }
+    assert len(request.json["records"]) == 4  # the blank external id never left
+    updated, bad, locked, created, blank = results
+    assert (updated.status_code, updated.summary) == (200, f"updated {existing} (one call for 4)")
+    assert (bad.retryable, bad.code) == (False, "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST")
+    assert (locked.retryable, locked.code) == (True, "UNABLE_TO_LOCK_ROW")
+    assert created.status_code == 201 and created.summary.startswith("created 003")
+    assert blank.retryable is False and "external_id is empty" in blank.message
+    assert org.api_used == 1
+    assert org.records["Contact"][existing]["KYC_Status__c"] == "approved"
+
+
+def test_a_batch_of_creates_and_updates_by_id(org):
+    connector = salesforce(org)
+    created = connector.execute_batch(
+        "salesforce.create", _items([{"object": "Case", "fields": {"Subject": f"review {i}"}} for i in range(3)])
+    )
+    assert [r.status_code for r in created] == [201] * 3
+    ids = [r.summary.split()[1] for r in created]
+    updates = [{"object": "Case", "record_id": i, "fields": {"Status": "closed"}} for i in ids]
+    updates.append({"object": "Case", "record_id": "500000000999AAA", "fields": {"Status": "closed"}})
+    *done, missing = connector.execute_batch("salesforce.update", _items(updates))
+    assert [r.summary for r in done] == [f"updated {i} (one call for 4)" for i in ids]
+    assert (missing.retryable, missing.code) == (False, "NOT_FOUND")
+    assert {org.records["Case"][i]["Status"] for i in ids} == {"closed"}
+    assert [(r.method, r.path) for r in org.seen()] == [
+        ("POST", "/services/data/v59.0/composite/sobjects"),
+        ("PATCH", "/services/data/v59.0/composite/sobjects"),
+    ]
+
+
+def test_a_batch_refused_as_a_whole_raises_for_all(org):
+    connector = salesforce(org)
+    org.fail(r"/composite/sobjects", 400, malformed("Maximum number of records (200) exceeded", "EXCEEDED_ID_LIMIT"))
+    with pytest.raises(ActionError) as raised:
+        connector.execute_batch("salesforce.upsert", _items([UPSERT]))
+    assert (raised.value.retryable, raised.value.status_code, raised.value.code) == (False, 400, "EXCEEDED_ID_LIMIT")
+    org.fail(r"/composite/sobjects", 503, b"")
+    with pytest.raises(ActionError) as raised:
+        connector.execute_batch("salesforce.upsert", _items([UPSERT]))
+    assert raised.value.retryable is True
+
+
+def test_the_emulator_refuses_more_than_200_records(org):
+    connector = salesforce(org)
+    batch = [{**UPSERT, "external_id": f"c-{i}"} for i in range(201)]
+    with pytest.raises(ActionError) as raised:
+        connector.execute_batch("salesforce.upsert", _items(batch))
+    assert raised.value.code == "EXCEEDED_ID_LIMIT"
+    assert org.records == {}
+
+
+def test_a_batch_logs_in_again_when_the_session_expired(org):
+    connector = salesforce(org, password_auth(org))
+    connector.execute("salesforce.upsert", UPSERT, META)
+    org.expire_sessions()
+    results = connector.execute_batch("salesforce.upsert", _items([{**UPSERT, "external_id": "c-2"}]))
+    assert results[0].status_code == 201
+    assert connector.logins == 2
 
 
 def test_create_returns_the_new_id(org):

@@ -78,6 +78,7 @@ class Emulator:
 
     def __init__(self, ssl_context: ssl.SSLContext | None = None):
         self.requests: list[Request] = []
+        self.latency = 0.0  # seconds every answer takes, as a real service's would (benchmarks)
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         emulator = self
@@ -197,6 +198,8 @@ class Emulator:
                             self._faults.remove(candidate)
                     fault = candidate
                     break
+        if self.latency:
+            time.sleep(self.latency)
         if fault is not None:
             if fault.delay:
                 time.sleep(fault.delay)

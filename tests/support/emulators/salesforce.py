@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import re
 import secrets
 import ssl
 import tempfile
 import threading
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse, urlsplit
 
 import jwt
 import trustme
@@ -92,6 +93,9 @@ class SalesforceEmulator(Emulator):
         self.api_limit = 15000
         self._ids = itertools.count(1)
         self._state = threading.Lock()
+        # Every upsert that took effect: (object, external id field, value), in order.
+        self.landed: list[tuple[str, str, str]] = []
+        self._record_faults: dict[str, list[Any]] = {}  # record key -> [errors, times left]
 
     @property
     def ca_path(self) -> str:
@@ -129,15 +133,27 @@ class SalesforceEmulator(Emulator):
         self.fail(path, status, UNAVAILABLE, during=during)
 
     def upserts_landed(self, sobject: str, field: str) -> dict[str, int]:
-        """How many upserts by `field` took effect (answered 200 or 201), by external id value."""
-        pattern = re.compile(API + rf"/sobjects/{sobject}/{field}/(?P<value>[^/]+)")
+        """How many upserts by `field` took effect, by external id value, alone or in a collection."""
         counts: dict[str, int] = {}
-        for request in self.seen("PATCH"):
-            match = pattern.fullmatch(request.path)
-            if match and request.status in (200, 201):
-                value = unquote(match["value"])
+        for landed_object, landed_field, value in self.landed:
+            if (landed_object, landed_field) == (sobject, field):
                 counts[value] = counts.get(value, 0) + 1
         return counts
+
+    def fail_record(self, key: str, errors: list[dict], *, times: int = 1) -> None:
+        """The next `times` writes of the record with this external id (or record id) are refused with
+        `errors`, Salesforce's error list: a 400 alone, an error row inside a collection."""
+        with self._state:
+            self._record_faults[key] = [errors, times]
+
+    def _record_fault(self, key: str) -> list | None:
+        fault = self._record_faults.get(key)
+        if fault is None:
+            return None
+        fault[1] -= 1
+        if fault[1] <= 0:
+            del self._record_faults[key]
+        return fault[0]
 
     def add(self, sobject: str, fields: dict[str, Any]) -> str:
         """Put a record in the org, as if someone had created it in Salesforce."""
@@ -180,12 +196,18 @@ class SalesforceEmulator(Emulator):
                 return Response(201, {"id": record_id, "success": True, "errors": []})
         if re.fullmatch(API + r"/query/?", request.path) and request.method == "GET":
             return self._query(request.query.get("q", [""])[0])
+        if match := re.fullmatch(API + r"/composite/sobjects(?:/(?P<obj>\w+)/(?P<field>\w+))?/?", request.path):
+            return self._collection(request.method, match["obj"], match["field"], request.json or {})
+        if re.fullmatch(API + r"/composite/?", request.path) and request.method == "POST":
+            return self._composite(request.json or {})
         if re.fullmatch(API + r"/limits/?", request.path) and request.method == "GET":
             remaining = max(self.api_limit - self.api_used - 1, 0)
             return Response(200, {"DailyApiRequests": {"Max": self.api_limit, "Remaining": remaining}})
         return Response(404, NOT_FOUND)
 
     def _upsert(self, sobject: str, field: str, value: str, fields: dict) -> Response:
+        if (errors := self._record_fault(value)) is not None:
+            return Response(400, errors)
         if field in fields:
             return Response(
                 400, malformed(f"Unable to create/update fields: {field}.", "INVALID_FIELD_FOR_INSERT_UPDATE", [field])
@@ -193,6 +215,7 @@ class SalesforceEmulator(Emulator):
         matches = self.find(sobject, field, value)
         if len(matches) > 1:
             return Response(300, [f"/services/data/v59.0/sobjects/{sobject}/{r['Id']}" for r in matches])
+        self.landed.append((sobject, field, value))
         if not matches:
             record_id = self.add(sobject, {field: value, **fields})
             return Response(201, {"id": record_id, "success": True, "errors": [], "created": True})
@@ -200,6 +223,8 @@ class SalesforceEmulator(Emulator):
         return Response(200, {"id": matches[0]["Id"], "success": True, "errors": [], "created": False})
 
     def _update(self, sobject: str, record_id: str, fields: dict) -> Response:
+        if (errors := self._record_fault(record_id)) is not None:
+            return Response(400, errors)
         record = self.records.get(sobject, {}).get(record_id)
         if record is None:
             return Response(404, NOT_FOUND)
@@ -207,6 +232,19 @@ class SalesforceEmulator(Emulator):
         return Response(204, b"")
 
     def _query(self, soql: str) -> Response:
+        where = r"FROM (?P<obj>\w+) WHERE (?P<field>\w+) = '(?P<value>(?:[^'\\]|\\.)*)'"
+        if counted := re.fullmatch(r"SELECT COUNT\(\) " + where, soql.strip()):
+            found = self.find(counted["obj"], counted["field"], re.sub(r"\\(.)", r"\1", counted["value"]))
+            return Response(200, {"totalSize": len(found), "done": True, "records": []})
+        only = re.fullmatch(
+            r"SELECT MAX\(Id\) (?P<alias>\w+) " + where + r" GROUP BY (?P=field) HAVING COUNT\(Id\) = 1", soql.strip()
+        )
+        if only is not None:  # an aggregate row only when exactly one record has the value
+            found = self.find(only["obj"], only["field"], re.sub(r"\\(.)", r"\1", only["value"]))
+            rows = (
+                [{"attributes": {"type": "AggregateResult"}, only["alias"]: found[0]["Id"]}] if len(found) == 1 else []
+            )
+            return Response(200, {"totalSize": len(rows), "done": True, "records": rows})
         match = re.fullmatch(
             r"SELECT (?P<fields>[\w, ]+) FROM (?P<obj>\w+)(?: WHERE (?P<field>\w+) = '(?P<value>(?:[^'\\]|\\.)*)')?"
             r"(?: LIMIT (?P<limit>\d+))?",
@@ -230,6 +268,138 @@ class SalesforceEmulator(Emulator):
             for r in rows
         ]
         return Response(200, {"totalSize": len(records), "done": True, "records": records})
+
+    # -- sObject Collections and Composite ------------------------------------------------------------
+    # Collections: up to 200 records a call, a result row per record in request order; with allOrNone
+    # false a record's error stays in its row of a 200. Composite: up to 25 subrequests in one call (one
+    # API call), a later one reading an earlier result through @{reference.path}.
+
+    def _collection(self, method: str, sobject: str | None, field: str | None, body: dict) -> Response:
+        records = body.get("records")
+        if not isinstance(records, list) or not records:
+            return Response(400, malformed("records is required", "JSON_PARSER_ERROR"))
+        if len(records) > 200:
+            return Response(
+                400, [{"message": "Maximum number of records (200) exceeded", "errorCode": "EXCEEDED_ID_LIMIT"}]
+            )
+        if body.get("allOrNone"):
+            return Response(400, malformed("allOrNone is not emulated", "INVALID_INPUT"))
+        rows = []
+        for record in records:
+            fields = {k: v for k, v in record.items() if k != "attributes"}
+            kind = (record.get("attributes") or {}).get("type")
+            if not kind or (sobject is not None and kind.lower() != sobject.lower()):
+                rows.append(
+                    self._error_row(malformed("attributes.type is required and names the object", "INVALID_TYPE"))
+                )
+            elif method == "POST" and sobject is None:
+                rows.append(self._row(self._create_one(kind, fields)))
+            elif method == "PATCH" and sobject is None:
+                record_id = fields.pop("id", None) or fields.pop("Id", None)
+                rows.append(self._row(self._update(kind, str(record_id), fields), record_id))
+            elif method == "PATCH":
+                value = fields.pop(field, None)
+                if value is None:
+                    rows.append(self._error_row(malformed(f"missing {field}", "MISSING_ARGUMENT", [field])))
+                    continue
+                rows.append(self._row(self._upsert(sobject, field, str(value), {**fields})))
+            else:
+                return Response(405, malformed("method not allowed", "METHOD_NOT_ALLOWED"))
+        return Response(200, rows)
+
+    def _create_one(self, sobject: str, fields: dict) -> Response:
+        return Response(201, {"id": self.add(sobject, fields), "success": True, "errors": []})
+
+    def _row(self, answer: Response, record_id: str | None = None) -> dict:
+        """A single-record answer as the row of a collection's result."""
+        if answer.status == 300:  # more than one record has the external id
+            return self._error_row(malformed("more than one record found for external id", "DUPLICATE_EXTERNAL_ID"))
+        if answer.status >= 300:
+            return self._error_row(answer.body if isinstance(answer.body, list) else [answer.body])
+        body = answer.body if isinstance(answer.body, dict) else {}
+        row = {"id": body.get("id", record_id), "success": True, "errors": []}
+        if "created" in body:
+            row["created"] = body["created"]
+        return row
+
+    @staticmethod
+    def _error_row(errors: list) -> dict:
+        return {
+            "success": False,
+            "errors": [
+                {
+                    "statusCode": error.get("errorCode") if isinstance(error, dict) else "UNKNOWN_EXCEPTION",
+                    "message": error.get("message") if isinstance(error, dict) else str(error),
+                    "fields": error.get("fields", []) if isinstance(error, dict) else [],
+                }
+                for error in errors
+            ],
+        }
+
+    def _composite(self, body: dict) -> Response:
+        subrequests = body.get("compositeRequest") or []
+        if len(subrequests) > 25:
+            return Response(400, malformed("too many subrequests", "INVALID_COMPOSITE_REQUEST"))
+        results: dict[str, Any] = {}
+        answers = []
+        failed = False
+        snapshot = {name: {k: dict(v) for k, v in records.items()} for name, records in self.records.items()}
+        for sub in subrequests:
+            reference = sub.get("referenceId")
+            if failed:
+                answers.append(self._halted(reference))
+                continue
+            try:
+                url = re.sub(r"@\{([^}]+)\}", lambda m: str(_lookup(results, m.group(1))), sub.get("url", ""))
+                payload = json.loads(
+                    re.sub(r"@\{([^}]+)\}", lambda m: str(_lookup(results, m.group(1))), json.dumps(sub.get("body")))
+                )
+            except LookupError as exc:
+                answer = Response(
+                    400, [{"errorCode": "PROCESSING_HALTED", "message": f"Invalid reference specified. {exc}"}]
+                )
+            else:
+                inner = Request(
+                    sub.get("method", "GET"),
+                    urlsplit(url).path,
+                    parse_qs(urlsplit(url).query),
+                    {},
+                    json.dumps(payload).encode() if payload is not None else b"",
+                )
+                answer = self._route_inner(inner)
+            body_out = None if isinstance(answer.body, bytes) else answer.body  # a 204's body is null
+            results[reference] = body_out
+            answers.append(
+                {"body": body_out, "httpHeaders": {}, "httpStatusCode": answer.status, "referenceId": reference}
+            )
+            if answer.status >= 300 and body.get("allOrNone"):
+                failed = True
+        if failed:  # allOrNone: what was done is undone, and every subrequest says so
+            self.records = snapshot
+            answers = [a if a["httpStatusCode"] >= 300 else self._halted(a["referenceId"]) for a in answers]
+        return Response(200, {"compositeResponse": answers})
+
+    @staticmethod
+    def _halted(reference: str | None) -> dict:
+        body = [
+            {
+                "errorCode": "PROCESSING_HALTED",
+                "message": "The transaction was rolled back since another operation in the same transaction failed.",
+            }
+        ]
+        return {"body": body, "httpHeaders": {}, "httpStatusCode": 400, "referenceId": reference}
+
+    def _route_inner(self, request: Request) -> Response:
+        """A subrequest, as the REST API would answer it (already authenticated)."""
+        if match := re.fullmatch(API + r"/sobjects/(?P<obj>\w+)/(?P<field>\w+)/(?P<value>[^/]+)", request.path):
+            if request.method == "PATCH":
+                return self._upsert(match["obj"], match["field"], unquote(match["value"]), request.json or {})
+        if match := re.fullmatch(API + r"/sobjects/(?P<obj>\w+)/(?P<id>[^/]+)", request.path):
+            if request.method == "PATCH":
+                return self._update(match["obj"], unquote(match["id"]), request.json or {})
+        if re.fullmatch(API + r"/query/?", request.path) and request.method == "GET":
+            return self._query(request.query.get("q", [""])[0])
+        return Response(404, NOT_FOUND)
 
     def _token(self, request: Request) -> Response:
         form = request.form
@@ -305,3 +475,15 @@ class _ResolvingAdapter(HTTPAdapter):
         return self.poolmanager.connection_from_host(
             **{**host_params, "host": address, "port": port}, pool_kwargs=pool_kwargs
         )
+
+
+def _lookup(results: dict[str, Any], path: str) -> Any:
+    """`found.records[0].Id` in earlier subrequests' results; LookupError naming what is missing."""
+    parts = re.findall(r"[^.\[\]]+", path)
+    node: Any = results
+    for part in parts:
+        try:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise LookupError(f"No value for {path} found in {parts[0]}") from None
+    return node
