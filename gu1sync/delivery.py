@@ -16,6 +16,10 @@ What remains of "exactly once": a call that succeeds but whose worker dies befor
 committed (milliseconds) is made again when its lease expires. Upserts and updates are idempotent;
 a Slack post or a created record would appear twice. The message carries the action id in its
 metadata so that such a duplicate can be traced.
+
+Long because every outcome of an attempt (done, retrying, deferred, stale, dead, superseded) is
+decided and recorded here, for a single action and for a batch (gu1sync.batch) alike, and a reader
+checks them side by side.
 """
 
 from __future__ import annotations
@@ -24,13 +28,13 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 from redis.exceptions import RedisError
 
-from connectors import REGISTRY, ActionError, ActionMeta, Connector
+from connectors import REGISTRY, ActionError, ActionMeta, Connector, Result
 from rules.engine import RuleResult, evaluate
 from rules.model import RetrySettings
 
@@ -65,6 +69,196 @@ def limits(config: Config, action_type: str) -> tuple[float, float]:
 
 
 @dataclass
+class Outcome:
+    """How one attempt of one action ended: what ActionLog.finish records, and what follows once it is."""
+
+    action: Action
+    outcome: str
+    status: str
+    fields: dict[str, Any]
+    code: str | None = None
+    retry: tuple[str, float] | None = None  # (job id, seconds): the next attempt's job, queued once recorded
+
+
+def succeeded(action: Action, result: Result, written: tuple | None, note: str | None) -> Outcome:
+    """The call did what the action asked."""
+    summary = result.summary + (f"; {note}" if note else "")
+    fields = {"status_code": result.status_code, "result": summary, "written": written}
+    return Outcome(action, AttemptOutcome.OK, ActionStatus.DONE, fields)
+
+
+def failed(runtime: Runtime, action: Action, error: ActionError) -> Outcome:
+    """Another attempt later (retryable, attempts left), or a dead letter."""
+    # Attempts since the last replay count: a replayed action gets a fresh set of retries.
+    attempt = action.attempts_since_replay
+    policy = runtime.config.retry_for(action.rule)
+    if error.retryable and attempt < policy.max_attempts:
+        delay = backoff_delay(policy, attempt, error.retry_after, runtime.rng)
+        return again(runtime, action, AttemptOutcome.RETRY, error.message, delay, error.status_code, error.code)
+    message = error.message
+    if error.retryable:
+        message += f" (gave up after {attempt} attempt{'s' if attempt > 1 else ''})"
+    fields = {"error": message, "status_code": error.status_code}
+    return Outcome(action, AttemptOutcome.FAILED, ActionStatus.DEAD, fields, code=error.code)
+
+
+def deferred(runtime: Runtime, action: Action, why: str, delay: float | None = None) -> Outcome:
+    """Not an attempt (the record is busy, the channel's pace is used up): again shortly, without using up
+    an attempt."""
+    delay = delay if delay is not None else runtime.rng.uniform(0.5, 2.0)
+    return again(runtime, action, AttemptOutcome.DEFERRED, why, delay, None, None, count=False)
+
+
+def again(
+    runtime: Runtime,
+    action: Action,
+    outcome: str,
+    error: str,
+    delay: float,
+    status_code: int | None,
+    code: str | None,
+    *,
+    count: bool = True,
+) -> Outcome:
+    """`retrying`, with the next attempt's job `delay` seconds from now."""
+    # The n-th attempt runs as job <action>-<n>; a deferral reuses n, so its job needs a name of its own.
+    job_id = attempt_job(action.id, action.attempts + 1 if count else action.attempts)
+    if not count:
+        job_id += f"-d{time.time_ns() // 1_000_000}"
+    fields = {
+        "error": error,
+        "status_code": status_code,
+        "next_attempt_at": runtime.clock() + timedelta(seconds=delay),
+        "job_id": job_id,
+        "count_attempt": count,
+    }
+    return Outcome(action, outcome, ActionStatus.RETRYING, fields, code=code, retry=(job_id, delay))
+
+
+def stale_or_trimmed(
+    runtime: Runtime, action: Action, params: dict[str, Any], target: str, event: Event
+) -> Outcome | tuple[dict[str, Any], tuple, str | None]:
+    """Leave out what a newer event already wrote: field by field where the action writes `fields`, else
+    the record as a whole (WHOLE_RECORD). A `skipped` Outcome when nothing is left; else the params to
+    send, what they write (for the record's versions), and a note of what was left out."""
+    by_field = isinstance(params.get("fields"), dict)
+    fields = list(params["fields"]) if by_field else [WHOLE_RECORD]
+    newer = runtime.actions.newer(target, fields, event.occurred_at)
+    if newer and set(newer) == set(fields):
+        when, by = max(newer.values())
+        error = (
+            f"stale: this event occurred at {event.occurred_at}; {target} was already written by "
+            f"event {by}, which occurred at {when}"
+        )
+        return Outcome(action, AttemptOutcome.SKIPPED, ActionStatus.SKIPPED, {"error": error})
+    note = None
+    if newer:
+        params = {**params, "fields": {k: v for k, v in params["fields"].items() if k not in newer}}
+        fields = list(params["fields"])
+        note = f"left out {', '.join(sorted(newer))}: already written by a newer event"
+    return params, (target, fields, event.occurred_at, event.id), note
+
+
+def observe(action_type: str, connector: Connector, called: float, error: ActionError | None) -> CallReport:
+    """What a call showed of the service, recorded with its outcome: its latency, whether it took the
+    credentials (a refusal is told to the ops channel), the API usage it reported."""
+    spec = REGISTRY.connector_of(action_type)
+    if error is None:
+        credentials: bool | None = True
+    elif spec.refuses_credentials(error):
+        credentials = False
+    else:  # an answer of the service (not a network failure): it got past the credentials
+        credentials = True if error.status_code is not None else None
+    if error is None:
+        outcome = AttemptOutcome.OK
+    else:
+        outcome = AttemptOutcome.RETRY if error.retryable else AttemptOutcome.FAILED
+    return CallReport(
+        connector.name,
+        outcome,
+        time.perf_counter() - called,
+        credentials,
+        error.code if credentials is False and error is not None else None,
+        getattr(connector, "api_usage", None),
+    )
+
+
+def record(
+    runtime: Runtime, outcomes: list[Outcome], *, started: float, job_limit: float, call: CallReport | None = None
+) -> list[dict]:
+    """Record the attempts' outcomes (one transaction), queue the retries they scheduled, and log them.
+
+    Tries again while SQLite is locked: the call has been made, and an outcome left unrecorded would
+    have it made again once the lease ends (a second post). Gives up (raises) only when the attempt's
+    time limit is near.
+    """
+    duration = (time.perf_counter() - started) * 1000
+    rows = [
+        (o.action, {**o.fields, "outcome": o.outcome, "status": o.status, "duration_ms": duration}) for o in outcomes
+    ]
+    for (_, fields), o in zip(rows, outcomes, strict=True):
+        fields["error_code"] = o.code
+    deadline = started + job_limit - 1
+    while True:
+        try:
+            kept = runtime.actions.finish_many(rows, call)
+            break
+        except StoreUnavailable:
+            if time.perf_counter() + runtime.store.busy_timeout > deadline:
+                raise
+            log.warning("%d outcome(s) not recorded yet (SQLite is busy); trying again", len(rows))
+    results = []
+    for o, recorded in zip(outcomes, kept, strict=True):
+        action = o.action
+        if not recorded:
+            log.warning(
+                "action=%s attempt=%d outcome=%s came after its lease expired; another attempt has the action",
+                action.id,
+                action.attempts,
+                o.outcome,
+            )
+            results.append({"action": action.id, "outcome": o.outcome, "status": "superseded"})
+            continue
+        if o.retry is not None:
+            job_id, delay = o.retry
+            if not runtime.queue.enqueue_action(action.id, job_id, delay=delay, timeout=job_limit):
+                log.warning("action=%s: retry not queued (Redis); the sweep will queue it when due", action.id)
+        _log_outcome(o, duration)
+        result = {"action": action.id, "outcome": o.outcome, "status": o.status}
+        if o.retry is not None:
+            result["retry_in"] = round(o.retry[1], 1)
+        results.append(result)
+    return results
+
+
+def _log_outcome(o: Outcome, duration: float) -> None:
+    action, status_code = o.action, o.fields.get("status_code")
+    log.info(
+        "action=%s rule=%s type=%s attempt=%d outcome=%s status=%s code=%s ms=%.0f",
+        action.id,
+        action.rule,
+        action.type,
+        action.attempts,
+        o.outcome,
+        status_code or "-",
+        o.code or "-",
+        duration,
+        extra={
+            "action_id": action.id,
+            "event_id": action.event_id,
+            "rule": action.rule,
+            "action_type": action.type,
+            "attempt": action.attempts,
+            "outcome": o.outcome,
+            "status": o.status,
+            "status_code": status_code,
+            "code": o.code,
+            "ms": round(duration),
+        },
+    )
+
+
+@dataclass
 class Attempt:
     """One attempt of one action, from claim to record."""
 
@@ -74,202 +268,63 @@ class Attempt:
     lease: float
     job_limit: float
     event: Event | None = None  # the action's event, when the caller has it at hand
-    call: tuple | None = None  # what the connector call showed (see _observe), once it is made
+    call: CallReport | None = None  # what the connector call showed, once it is made
 
     def run(self) -> dict:
-        action, runtime = self.action, self.runtime
         started = time.perf_counter()
+        outcome, unlock = self._decide()
+        # The call is counted under the attempt's outcome: ok, retry, or failed (out of attempts too).
+        call = replace(self.call, outcome=outcome.outcome) if self.call is not None else None
+        try:
+            [result] = record(self.runtime, [outcome], started=started, job_limit=self.job_limit, call=call)
+            return result
+        finally:
+            if unlock is not None:
+                try:
+                    self.runtime.actions.unlock(unlock, self.action.holder)
+                except StoreUnavailable as exc:  # the lock ends with the lease; the outcome is what mattered
+                    log.warning(
+                        "action=%s: record lock not released (%s); it lapses with the lease", self.action.id, exc
+                    )
+
+    def _decide(self) -> tuple[Outcome, str | None]:
+        """The attempt's outcome, and the record it locked (to release once the outcome is recorded)."""
+        action, runtime = self.action, self.runtime
         event = self.event if self.event is not None else runtime.store.event(action.event_id)
         params: dict[str, Any] = action.params or {}
-        meta = ActionMeta(action.id, action.event_id, action.rule)
         if self.connector.dry_run:
-            return self._end(
-                started,
-                AttemptOutcome.DRY_RUN,
-                ActionStatus.DRY_RUN,
-                result=f"not sent: connectors.{self.connector.name} has no credentials (dry run)",
-            )
+            result = f"not sent: connectors.{self.connector.name} has no credentials (dry run)"
+            return Outcome(action, AttemptOutcome.DRY_RUN, ActionStatus.DRY_RUN, {"result": result}), None
         target = REGISTRY.action(action.type).target(params)
         if target is None or event is None or event.occurred_at is None:
-            return self._call(started, params, meta, None)
+            return self._call(params, None), None
         if not runtime.actions.lock(target, action.holder, self.lease):
-            return self._defer(started, "another action is writing the same record")
+            return deferred(runtime, action, "another action is writing the same record"), None
         try:
-            return self._ordered(started, params, meta, target, event)
-        finally:
-            try:
-                runtime.actions.unlock(target, action.holder)
-            except StoreUnavailable as exc:  # the lock ends with the lease; the outcome is what mattered
-                log.warning("action=%s: record lock not released (%s); it lapses with the lease", action.id, exc)
+            ordered = stale_or_trimmed(runtime, action, params, target, event)
+            if isinstance(ordered, Outcome):
+                return ordered, target
+            params, written, note = ordered
+            return self._call(params, written, note), target
+        except BaseException:
+            runtime.actions.unlock(target, action.holder)
+            raise
 
-    def _ordered(self, started: float, params: dict, meta: ActionMeta, target: str, event: Event) -> dict:
-        """Leave out what a newer event already wrote: field by field where the action writes `fields`,
-        else the record as a whole (WHOLE_RECORD)."""
-        by_field = isinstance(params.get("fields"), dict)
-        fields = list(params["fields"]) if by_field else [WHOLE_RECORD]
-        newer = self.runtime.actions.newer(target, fields, event.occurred_at)
-        if newer and set(newer) == set(fields):
-            when, by = max(newer.values())
-            return self._end(
-                started,
-                AttemptOutcome.SKIPPED,
-                ActionStatus.SKIPPED,
-                error=f"stale: this event occurred at {event.occurred_at}; {target} was already written by "
-                f"event {by}, which occurred at {when}",
-            )
-        note = None
-        if newer:
-            params = {**params, "fields": {k: v for k, v in params["fields"].items() if k not in newer}}
-            fields = list(params["fields"])
-            note = f"left out {', '.join(sorted(newer))}: already written by a newer event"
-        written = (target, fields, event.occurred_at, event.id)
-        return self._call(started, params, meta, written, note)
-
-    def _call(self, started: float, params: dict, meta: ActionMeta, written: tuple | None, note: str | None = None):
+    def _call(self, params: dict, written: tuple | None, note: str | None = None) -> Outcome:
+        action = self.action
+        meta = ActionMeta(action.id, action.event_id, action.rule)
         called = time.perf_counter()
         try:
-            result = self.connector.execute(self.action.type, params, meta)
+            result = self.connector.execute(action.type, params, meta)
         except ActionError as error:
-            self._observe(called, error)
-            return self._failed(started, error)
+            self.call = observe(action.type, self.connector, called, error)
+            return failed(self.runtime, action, error)
         except Exception as exc:  # a bug of ours: keep it as a dead letter, with the traceback in the log
-            log.exception("action=%s: unexpected error", self.action.id)
-            return self._failed(started, ActionError(f"unexpected {type(exc).__name__}: {exc}", retryable=False))
-        self._observe(called, None)
-        summary = result.summary + (f"; {note}" if note else "")
-        return self._end(
-            started,
-            AttemptOutcome.OK,
-            ActionStatus.DONE,
-            status_code=result.status_code,
-            result=summary,
-            written=written,
-        )
-
-    def _observe(self, called: float, error: ActionError | None) -> None:
-        """What the call showed of the service, recorded with the outcome: its latency, whether it took the
-        credentials (a refusal is told to the ops channel), the API usage it reported."""
-        spec = REGISTRY.connector_of(self.action.type)
-        if error is None:
-            credentials: bool | None = True
-        elif spec.refuses_credentials(error):
-            credentials = False
-        else:  # an answer of the service (not a network failure): it got past the credentials
-            credentials = True if error.status_code is not None else None
-        self.call = (
-            time.perf_counter() - called,
-            credentials,
-            error.code if credentials is False and error is not None else None,
-            getattr(self.connector, "api_usage", None),
-        )
-
-    def _failed(self, started: float, error: ActionError) -> dict:
-        # Attempts since the last replay count: a replayed action gets a fresh set of retries.
-        attempt = self.action.attempts_since_replay
-        policy = self.runtime.config.retry_for(self.action.rule)
-        if error.retryable and attempt < policy.max_attempts:
-            delay = backoff_delay(policy, attempt, error.retry_after, self.runtime.rng)
-            return self._again(
-                started, AttemptOutcome.RETRY, error.message, delay, error.status_code, count=True, code=error.code
-            )
-        message = error.message
-        if error.retryable:
-            message += f" (gave up after {attempt} attempt{'s' if attempt > 1 else ''})"
-        return self._end(
-            started,
-            AttemptOutcome.FAILED,
-            ActionStatus.DEAD,
-            error=message,
-            status_code=error.status_code,
-            code=error.code,
-        )
-
-    def _defer(self, started: float, why: str) -> dict:
-        # Not an attempt: the record is busy. Try again shortly, without using up an attempt.
-        return self._again(started, AttemptOutcome.DEFERRED, why, self.runtime.rng.uniform(0.5, 2.0), None, count=False)
-
-    def _again(
-        self,
-        started: float,
-        outcome: str,
-        error: str,
-        delay: float,
-        status_code: int | None,
-        count: bool,
-        code: str | None = None,
-    ):
-        action = self.action
-        # The n-th attempt runs as job <action>-<n>; a deferral reuses n, so its job needs a name of its own.
-        job_id = attempt_job(action.id, action.attempts + 1 if count else action.attempts)
-        if not count:
-            job_id += f"-d{time.time_ns() // 1_000_000}"
-        next_at = self.runtime.clock() + timedelta(seconds=delay)
-        self._end(
-            started,
-            outcome,
-            ActionStatus.RETRYING,
-            code=code,
-            error=error,
-            status_code=status_code,
-            next_attempt_at=next_at,
-            job_id=job_id,
-            count_attempt=count,
-        )
-        if not self.runtime.queue.enqueue_action(action.id, job_id, delay=delay, timeout=self.job_limit):
-            log.warning("action=%s: retry not queued (Redis); the sweep will queue it when due", action.id)
-        return {"action": action.id, "outcome": outcome, "retry_in": round(delay, 1)}
-
-    def _finish(self, started: float, **fields: Any) -> bool:
-        """Record the attempt's outcome, trying again while SQLite is locked: the call has been made, and
-        an outcome left unrecorded would have it made again once the lease ends (a second post). Gives
-        up (raises) only when the attempt's time limit is near."""
-        deadline = started + self.job_limit - 1
-        while True:
-            try:
-                return self.runtime.actions.finish(self.action, **fields)
-            except StoreUnavailable:
-                if time.perf_counter() + self.runtime.store.busy_timeout > deadline:
-                    raise
-                log.warning("action=%s: outcome not recorded yet (SQLite is busy); trying again", self.action.id)
-
-    def _end(self, started: float, outcome: str, status: str, *, code: str | None = None, **fields: Any) -> dict:
-        action = self.action
-        duration = (time.perf_counter() - started) * 1000
-        if self.call is not None:
-            seconds, credentials, refusal, usage = self.call
-            fields["call"] = CallReport(self.connector.name, outcome, seconds, credentials, refusal, usage)
-        if not self._finish(started, outcome=outcome, status=status, duration_ms=duration, error_code=code, **fields):
-            log.warning(
-                "action=%s attempt=%d outcome=%s came after its lease expired; another attempt has the action",
-                action.id,
-                action.attempts,
-                outcome,
-            )
-            return {"action": action.id, "outcome": outcome, "status": "superseded"}
-        log.info(
-            "action=%s rule=%s type=%s attempt=%d outcome=%s status=%s code=%s ms=%.0f",
-            action.id,
-            action.rule,
-            action.type,
-            action.attempts,
-            outcome,
-            fields.get("status_code") or "-",
-            code or "-",
-            duration,
-            extra={
-                "action_id": action.id,
-                "event_id": action.event_id,
-                "rule": action.rule,
-                "action_type": action.type,
-                "attempt": action.attempts,
-                "outcome": outcome,
-                "status": status,
-                "status_code": fields.get("status_code"),
-                "code": code,
-                "ms": round(duration),
-            },
-        )
-        return {"action": action.id, "outcome": outcome, "status": status}
+            log.exception("action=%s: unexpected error", action.id)
+            error = ActionError(f"unexpected {type(exc).__name__}: {exc}", retryable=False)
+            return failed(self.runtime, action, error)
+        self.call = observe(action.type, self.connector, called, None)
+        return succeeded(action, result, written, note)
 
 
 def attempt(
@@ -385,4 +440,18 @@ def _replay_one(runtime: Runtime, config: Config, action: Action, result: RuleRe
     return f"{name}: queued again" + ("" if queued else " (Redis is down: the sweep will queue it)")
 
 
-__all__ = ["Attempt", "attempt", "backoff_delay", "event_job_limit", "limits", "replay"]
+__all__ = [
+    "Attempt",
+    "Outcome",
+    "attempt",
+    "backoff_delay",
+    "deferred",
+    "event_job_limit",
+    "failed",
+    "limits",
+    "observe",
+    "record",
+    "replay",
+    "stale_or_trimmed",
+    "succeeded",
+]

@@ -1,6 +1,9 @@
 """The real simple-salesforce and slack-sdk clients against the local emulators: every kind of answer
 and what the connector decides about it (retry or not), the four Salesforce logins, re-login once,
-timeouts, escaping."""
+timeouts, escaping, sObject Collections and Composite calls.
+
+Long because the table of answers per connector is the point: split, the two connectors' decisions
+could no longer be read side by side."""
 
 from __future__ import annotations
 

@@ -46,54 +46,112 @@ class ActionLog:
     def claim(self, action_id: str, lease: float) -> Action | None:
         """Start the next attempt: the action becomes `running` under a lease; None if it is not due.
 
-        Due means: pending; retrying and its time has come (a job may start a moment early); or
-        running on a lease that has expired, which belonged to a worker that died: that attempt is
-        marked interrupted and the action may be claimed again.
+        Due means: pending (and its time has come, for a group's message); retrying and its time has
+        come (a job may start a moment early); or running on a lease that has expired, which belonged
+        to a worker that died: that attempt is marked interrupted and the action may be claimed again.
+        """
+        claimed = self.claim_many([action_id], lease)
+        return claimed[0] if claimed else None
+
+    def claim_many(self, action_ids: list[str], lease: float) -> list[Action]:
+        """`claim` for several actions in one transaction (a batch): those that were due, in the order given."""
+        now = self.now
+        expired: dict[str, bool] = {}
+        with self.store.transaction() as conn:
+            for action_id in dict.fromkeys(action_ids):
+                outcome = self._claim(conn, action_id, lease, now)
+                if outcome is not None:
+                    expired[action_id] = outcome
+        if not expired:
+            return []
+        marks = ",".join("?" * len(expired))
+        rows = {
+            row["id"]: row for row in self.database.rows(f"SELECT * FROM actions WHERE id IN ({marks})", list(expired))
+        }
+        claimed = []
+        for action_id, interrupted in expired.items():
+            if action_id in rows:
+                action = Action.from_row(rows[action_id])
+                action.interrupted = interrupted
+                claimed.append(action)
+        return claimed
+
+    @staticmethod
+    def _claim(conn: sqlite3.Connection, action_id: str, lease: float, now: datetime) -> bool | None:
+        """Claim one action in the caller's transaction: None if it is not due, else whether its last
+        attempt was interrupted (a dead worker's expired lease)."""
+        row = conn.execute(
+            "SELECT status, attempts, lease_until, next_attempt_at FROM actions WHERE id = ?", (action_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        status, attempts, lease_until, next_attempt_at = row
+        expired = status == RUNNING and lease_until is not None and lease_until < iso(now)
+        soon = iso(now + timedelta(seconds=2))
+        due = status in (PENDING, RETRYING) and (next_attempt_at is None or next_attempt_at <= soon)
+        if not (due or expired):
+            return None
+        if expired:
+            conn.execute(
+                "UPDATE attempts SET outcome = ?, finished_at = ?, error = ? "
+                "WHERE action_id = ? AND attempt = ? AND outcome = ?",
+                (
+                    AttemptOutcome.INTERRUPTED,
+                    iso(now),
+                    "the worker stopped during this attempt; its outcome is unknown",
+                    action_id,
+                    attempts,
+                    AttemptOutcome.STARTED,
+                ),
+            )
+        attempt = attempts + 1
+        conn.execute(
+            "UPDATE actions SET status = ?, attempts = ?, lease_until = ?, updated_at = ? WHERE id = ?",
+            (RUNNING, attempt, iso(now + timedelta(seconds=lease)), iso(now), action_id),
+        )
+        conn.execute(
+            "INSERT INTO attempts (action_id, attempt, started_at, outcome) VALUES (?, ?, ?, ?)",
+            (action_id, attempt, iso(now), AttemptOutcome.STARTED),
+        )
+        return expired
+
+    def due_alike(self, action_type: str, exclude: str, limit: int) -> list[Action]:
+        """Other actions of a type whose retry is due now, oldest first: they may share a batch's call."""
+        rows = self.database.rows(
+            """SELECT * FROM actions WHERE status = ? AND type = ? AND id != ?
+                 AND (next_attempt_at IS NULL OR next_attempt_at <= ?)
+               ORDER BY next_attempt_at, id LIMIT ?""",
+            (RETRYING, action_type, exclude, iso(self.now + timedelta(seconds=2)), limit),
+        )
+        return [Action.from_row(row) for row in rows]
+
+    def finish(self, action: Action, *, call: CallReport | None = None, **fields: Any) -> bool:
+        """End the attempt and set the action's new status, in one transaction (see `finish_many`)."""
+        return self.finish_many([(action, fields)], call)[0]
+
+    def finish_many(self, outcomes: list[tuple[Action, dict[str, Any]]], call: CallReport | None = None) -> list[bool]:
+        """End several attempts (a batch's, which made one call) in one transaction; per attempt, whether
+        it still held its claim.
+
+        Each attempt's fields: outcome, status, duration_ms, and optionally status_code, error, error_code,
+        result, next_attempt_at, job_id, count_attempt, written. Only the attempt that holds the claim may
+        change its action: one that outlived its lease (another has claimed the action since) records its
+        own outcome in the attempt log, and changes nothing else (False). `written` = (target, fields,
+        occurred_at, event_id) advances the record's versions. `count_attempt=False` gives the attempt's
+        number back (it was deferred, not tried). `call`: what the connector's call showed (latency,
+        credentials, API usage), counted once either way.
         """
         now = self.now
         with self.store.transaction() as conn:
-            row = conn.execute(
-                "SELECT status, attempts, lease_until, next_attempt_at FROM actions WHERE id = ?", (action_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            status, attempts, lease_until, next_attempt_at = row
-            expired = status == RUNNING and lease_until is not None and lease_until < iso(now)
-            due = status == PENDING or (
-                status == RETRYING and (next_attempt_at is None or next_attempt_at <= iso(now + timedelta(seconds=2)))
-            )
-            if not (due or expired):
-                return None
-            if expired:
-                conn.execute(
-                    "UPDATE attempts SET outcome = ?, finished_at = ?, error = ? "
-                    "WHERE action_id = ? AND attempt = ? AND outcome = ?",
-                    (
-                        AttemptOutcome.INTERRUPTED,
-                        iso(now),
-                        "the worker stopped during this attempt; its outcome is unknown",
-                        action_id,
-                        attempts,
-                        AttemptOutcome.STARTED,
-                    ),
-                )
-            attempt = attempts + 1
-            conn.execute(
-                "UPDATE actions SET status = ?, attempts = ?, lease_until = ?, updated_at = ? WHERE id = ?",
-                (RUNNING, attempt, iso(now + timedelta(seconds=lease)), iso(now), action_id),
-            )
-            conn.execute(
-                "INSERT INTO attempts (action_id, attempt, started_at, outcome) VALUES (?, ?, ?, ?)",
-                (action_id, attempt, iso(now), AttemptOutcome.STARTED),
-            )
-        claimed = self.get(action_id)
-        if claimed is not None:
-            claimed.interrupted = expired
-        return claimed
+            if call is not None:
+                call.record(conn, now)
+            return [self._finish(conn, action, now, **fields) for action, fields in outcomes]
 
-    def finish(
+    def _finish(
         self,
+        conn: sqlite3.Connection,
         action: Action,
+        now: datetime,
         *,
         outcome: str,
         status: str,
@@ -105,86 +163,85 @@ class ActionLog:
         job_id: str | None = None,
         count_attempt: bool = True,
         written: tuple[str, list[str], str, str] | None = None,
-        call: CallReport | None = None,
         error_code: str | None = None,
     ) -> bool:
-        """End the attempt and set the action's new status, in one transaction.
-
-        Only the attempt that holds the claim may: an attempt that outlived its lease (another has
-        claimed the action since) records its own outcome in the attempt log, and changes nothing
-        else; False then. `written` = (target, fields, occurred_at, event_id) advances the record's
-        versions. `count_attempt=False` gives the attempt's number back (it was deferred, not tried).
-        `call`: what the connector's call showed (latency, credentials, API usage), counted either way.
-        """
-        now = self.now
-        with self.store.transaction() as conn:
-            if call is not None:
-                call.record(conn, now)
-            if not count_attempt:
-                conn.execute("DELETE FROM attempts WHERE action_id = ? AND attempt = ?", (action.id, action.attempts))
-            else:
-                conn.execute(
-                    "UPDATE attempts SET outcome = ?, finished_at = ?, duration_ms = ?, status_code = ?, error = ?, "
-                    "retry_at = ? WHERE action_id = ? AND attempt = ?",
-                    (
-                        outcome,
-                        iso(now),
-                        round(duration_ms, 1),
-                        status_code,
-                        error,
-                        iso(next_attempt_at) if next_attempt_at else None,
-                        action.id,
-                        action.attempts,
-                    ),
-                )
-            cursor = conn.execute(
-                """UPDATE actions SET status = ?, error = ?, error_code = ?, status_code = ?, result = ?,
-                          next_attempt_at = ?,
-                          job_id = COALESCE(?, job_id), lease_until = NULL, updated_at = ?,
-                          finished_at = CASE WHEN ? THEN ? ELSE finished_at END,
-                          attempts = attempts - ?
-                   WHERE id = ? AND status = ? AND attempts = ?""",
+        if not count_attempt:
+            conn.execute("DELETE FROM attempts WHERE action_id = ? AND attempt = ?", (action.id, action.attempts))
+        else:
+            conn.execute(
+                "UPDATE attempts SET outcome = ?, finished_at = ?, duration_ms = ?, status_code = ?, error = ?, "
+                "retry_at = ? WHERE action_id = ? AND attempt = ?",
                 (
-                    status,
-                    error,
-                    error_code,
+                    outcome,
+                    iso(now),
+                    round(duration_ms, 1),
                     status_code,
-                    result,
+                    error,
                     iso(next_attempt_at) if next_attempt_at else None,
-                    job_id,
-                    iso(now),
-                    ActionStatus(status).final,
-                    iso(now),
-                    0 if count_attempt else 1,
                     action.id,
-                    RUNNING,
                     action.attempts,
                 ),
             )
-            if cursor.rowcount != 1:
-                return False
-            if written is not None:
-                self._advance(conn, *written)
+        cursor = conn.execute(
+            """UPDATE actions SET status = ?, error = ?, error_code = ?, status_code = ?, result = ?,
+                      next_attempt_at = ?,
+                      job_id = COALESCE(?, job_id), lease_until = NULL, updated_at = ?,
+                      finished_at = CASE WHEN ? THEN ? ELSE finished_at END,
+                      attempts = attempts - ?
+               WHERE id = ? AND status = ? AND attempts = ?""",
+            (
+                status,
+                error,
+                error_code,
+                status_code,
+                result,
+                iso(next_attempt_at) if next_attempt_at else None,
+                job_id,
+                iso(now),
+                ActionStatus(status).final,
+                iso(now),
+                0 if count_attempt else 1,
+                action.id,
+                RUNNING,
+                action.attempts,
+            ),
+        )
+        if cursor.rowcount != 1:
+            return False
+        if written is not None:
+            self._advance(conn, *written)
         return True
 
     # -- ordering -------------------------------------------------------------------------------------
 
     def lock(self, target: str, holder: str, lease: float) -> bool:
         """Take the record for one writer (or renew our own hold); False while another holds it."""
+        return bool(self.lock_many({target: holder}, lease))
+
+    def lock_many(self, holders: dict[str, str], lease: float) -> set[str]:
+        """Take several records (target -> holder) in one transaction; the targets taken."""
         now = self.now
+        taken = set()
         with self.store.transaction() as conn:
-            cursor = conn.execute(
-                """INSERT INTO record_locks (target, holder, until) VALUES (?, ?, ?)
-                   ON CONFLICT(target) DO UPDATE SET holder = excluded.holder, until = excluded.until
-                   WHERE record_locks.until < ? OR record_locks.holder = excluded.holder""",
-                (target, holder, iso(now + timedelta(seconds=lease)), iso(now)),
-            )
-            return cursor.rowcount == 1
+            for target, holder in holders.items():
+                cursor = conn.execute(
+                    """INSERT INTO record_locks (target, holder, until) VALUES (?, ?, ?)
+                       ON CONFLICT(target) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                       WHERE record_locks.until < ? OR record_locks.holder = excluded.holder""",
+                    (target, holder, iso(now + timedelta(seconds=lease)), iso(now)),
+                )
+                if cursor.rowcount == 1:
+                    taken.add(target)
+        return taken
 
     def unlock(self, target: str, holder: str) -> None:
         """Let the next writer have the record."""
+        self.unlock_many({target: holder})
+
+    def unlock_many(self, holders: dict[str, str]) -> None:
+        """Let the next writers have these records (target -> holder), in one transaction."""
         with self.store.transaction() as conn:
-            conn.execute("DELETE FROM record_locks WHERE target = ? AND holder = ?", (target, holder))
+            conn.executemany("DELETE FROM record_locks WHERE target = ? AND holder = ?", list(holders.items()))
 
     def newer(self, target: str, fields: list[str], occurred_at: str) -> dict[str, tuple[str, str]]:
         """Fields of the record last written by an event newer than `occurred_at`: field -> (when, event)."""

@@ -83,10 +83,16 @@ def record_health(conn: sqlite3.Connection, connector: str, *, failed_code: str 
 
 
 def record_api_usage(conn: sqlite3.Connection, connector: str, used: int, limit: int, now: datetime) -> None:
-    """The API usage a service reported (Salesforce: Sforce-Limit-Info), inside the caller's transaction."""
+    """The API usage a service reported (Salesforce: Sforce-Limit-Info), inside the caller's transaction.
+
+    Calls made side by side report in any order, a few calls apart: a figure lower by less than 1% of
+    the limit is taken for an older answer and not kept. The usage is a rolling day's, so it does go
+    down; by more than that, it is kept."""
     conn.execute(
         """INSERT INTO connector_health (connector, state, api_used, api_limit, api_at) VALUES (?, 'ok', ?, ?, ?)
            ON CONFLICT(connector) DO UPDATE SET api_used = excluded.api_used, api_limit = excluded.api_limit,
-               api_at = excluded.api_at""",
+               api_at = excluded.api_at
+           WHERE connector_health.api_used IS NULL OR excluded.api_used >= connector_health.api_used
+                 OR excluded.api_used < connector_health.api_used - excluded.api_limit / 100.0""",
         (connector, used, limit, iso(now)),
     )

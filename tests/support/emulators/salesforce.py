@@ -5,6 +5,12 @@ Sforce-Limit-Info header of every REST answer.
 
 `client_session()` gives a requests session that trusts the CA and sends *.salesforce.com (the
 login host simple-salesforce always uses) to this server: a hosts-file entry, in code.
+
+sObject Collections and Composite are emulated too: a row per record with its own errors inside a
+200, the 200-record cap, subrequests that read earlier results through @{reference}.
+
+Long because an org is one state (its records, sessions and API usage) that every endpoint reads
+and writes: split, each part would have to reach into the others.
 """
 
 from __future__ import annotations
