@@ -59,6 +59,7 @@ class Alert:
     state: str  # firing, resolved, digest
     title: str
     text: str
+    since: str | None = None  # when what it tells of began, if not now (credentials: the first refusal)
 
     @property
     def firing(self) -> bool | None:
@@ -145,6 +146,7 @@ class Alerter:
             text=alert.text,
             firing=alert.firing,
             now=now,
+            since=alert.since,
         )
         delivery, error = self.notifier().send(alert)
         self.ops.delivered(alert_id, delivery, error)
@@ -209,7 +211,7 @@ class Alerter:
                     f"names), then `gu1-sync doctor`. What fails meanwhile is kept: `gu1-sync replay --since "
                     f"{state.since}` once it works again."
                 )
-                alerts.append(Alert("credentials", name, "firing", title, text))
+                alerts.append(Alert("credentials", name, "firing", title, text, since=state.since))
             elif not refused and was:
                 since = firing[("credentials", name)]["since"]
                 title = f"{label} takes gu1-sync's credentials again"

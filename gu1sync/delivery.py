@@ -167,8 +167,10 @@ def observe(action_type: str, connector: Connector, called: float, error: Action
         credentials: bool | None = True
     elif spec.refuses_credentials(error):
         credentials = False
-    else:  # an answer of the service (not a network failure): it got past the credentials
-        credentials = True if error.status_code is not None else None
+    elif error.status_code is not None and error.status_code != 401:
+        credentials = True  # an answer of the service (not a network failure): it got past the credentials
+    else:  # no answer, or a 401 worth another try (a session expired again): it cannot tell
+        credentials = None
     if error is None:
         outcome = AttemptOutcome.OK
     else:

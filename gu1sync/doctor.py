@@ -20,7 +20,7 @@ from .config import Config, ConfigError, load_config
 from .core.status import ActionStatus
 from .core.timeutil import parse_iso
 from .core.values import Secret
-from .queue import redact
+from .queue import redact, redis_client
 from .runtime import Runtime
 from .storage import StoreUnavailable
 from .storage.ops import OpsLog
@@ -98,8 +98,16 @@ def _secrets_in(value: object) -> Iterator[Secret]:
 
 def _queue(config: Config, runtime: Runtime | None) -> Iterator[Check]:
     url = redact(config.queue.redis_url)
-    queue = runtime.queue if runtime is not None else None
-    if queue is None or not queue.ping():
+    if runtime is None:  # the database failed: Redis is asked on its own, the workers cannot be told
+        try:
+            redis_client(config.queue.redis_url, connect_timeout=2, timeout=2).ping()
+        except RedisError as exc:
+            yield Check(FAIL, "redis", f"no answer at {url} ({type(exc).__name__})")
+        else:
+            yield Check(OK, "redis", f"answers at {url}")
+        return
+    queue = runtime.queue
+    if not queue.ping():
         yield Check(FAIL, "redis", f"no answer at {url}: webhooks are kept, but nothing is processed")
         return
     yield Check(OK, "redis", f"answers at {url}")
@@ -162,6 +170,13 @@ def _waiting(config: Config, runtime: Runtime) -> Iterator[Check]:
         "dead letters",
         f"{dead}: `gu1-sync failed` says why; fix it, then `gu1-sync replay`" if dead else "none",
     )
+    failed = ops.failed_events()
+    if failed:
+        yield Check(
+            FAIL,
+            "events",
+            f"{failed} failed to be processed: `gu1-sync events --status failed`, then `gu1-sync replay EVENT_ID`",
+        )
     oldest = parse_iso(ops.oldest_unfinished() or "")
     if oldest is None:
         yield Check(OK, "backlog", "no event waits")

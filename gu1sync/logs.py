@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -109,6 +110,7 @@ def setup(level: str | None = None, fmt: str | None = None) -> None:
     root.setLevel(level)
     if log_format(fmt) == "json":
         sys.excepthook = _log_uncaught
+        threading.excepthook = _log_uncaught_in_thread
     quiet_rq()
     quiet_libraries()
 
@@ -118,6 +120,14 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackTy
         sys.__excepthook__(kind, exc, tb)
         return
     logging.getLogger("gu1sync").critical("uncaught %s", kind.__name__, exc_info=(kind, exc, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    logging.getLogger("gu1sync").critical("uncaught %s in thread %s", args.exc_type.__name__, name, exc_info=exc_info)
 
 
 def as_json_line(line: str, process: str) -> str:

@@ -68,6 +68,11 @@ class Collector:
         )
         age.add_metric([], max((self.runtime.clock() - oldest).total_seconds(), 0.0) if oldest else 0.0)
         yield age
+        failed = GaugeMetricFamily(
+            "gu1sync_events_failed", "Events whose processing failed for good, waiting for `gu1-sync replay EVENT_ID`."
+        )
+        failed.add_metric([], self.ops.failed_events())
+        yield failed
 
     def _actions(self) -> Iterator[Metric]:
         actions = GaugeMetricFamily(

@@ -16,6 +16,7 @@ import gu1sync.alerts as alerts_module
 from gu1sync.alerts import Alerter
 from gu1sync.cli import cli
 from gu1sync.runtime import Runtime
+from gu1sync.storage.ops import OpsLog
 from tests.support.delivery import ENV, drain, post, status_changed
 from tests.support.emulators.salesforce import malformed
 from tests.support.helpers import dumps, gu1_headers, wait_until
@@ -120,12 +121,16 @@ def test_an_expired_salesforce_session_is_told_once_and_its_renewal(ops, org, re
     org.expire_sessions()  # session auth cannot log in again: every call is refused
     post(app, event("customer_e1", "active"))
     drain(redis_conn)
+    time.sleep(1.1)  # the alert fires a while after the first refusal
     [told] = _credentials(alerter.tick())
     assert (told.key, told.state) == ("salesforce", "firing") and "INVALID_SESSION_ID" in told.text
     assert alerter.tick() == []
     org.sessions.add(ENV["SF_SESSION"])  # someone put a valid session in place
     [back] = alerter.tick()
     assert (back.key, back.state) == ("salesforce", "resolved")
+    # Both name the same moment, the first refusal, so that the replay takes what failed before the alert.
+    since = told.text.split("--since ")[1].split("`")[0]
+    assert f"--since {since}`" in back.text and since == told.since
     assert len([text for text in messages() if "credentials" in text]) == 2
 
 
@@ -160,6 +165,30 @@ def test_events_nobody_processes_are_a_backlog_until_the_workers_take_them(ops, 
     [back] = alerter.tick()
     assert back.state == "resolved"
     assert len(messages()) == 2
+
+
+def test_an_event_that_failed_for_good_is_no_backlog(ops, redis_conn):
+    config, app, ctx, alerter, messages = ops()
+    event_id = post(app, event("customer_f9", "active"))["id"]
+    with ctx.store.transaction() as conn:  # processing failed three times: it waits for a person, not the workers
+        conn.execute("UPDATE events SET status = 'failed' WHERE id = ?", (event_id,))
+    time.sleep(1.2)
+    assert alerter.tick() == []
+    assert OpsLog(ctx.store).failed_events() == 1
+    scrape = app.test_client().get("/metrics").get_data(as_text=True)
+    assert "gu1sync_events_failed 1.0" in scrape and "gu1sync_oldest_unfinished_event_age_seconds 0.0" in scrape
+
+
+def test_a_retryable_401_does_not_say_the_credentials_work(ops):
+    from connectors import ActionError
+    from gu1sync.delivery import observe
+
+    config, app, ctx, alerter, messages = ops()
+    connector = ctx.connectors.get("salesforce.upsert", config.connectors)
+    again = ActionError("session expired again", retryable=True, status_code=401, code="INVALID_SESSION_ID")
+    assert observe("salesforce.upsert", connector, time.perf_counter(), again).credentials is None
+    refused_field = ActionError("bad field", retryable=False, status_code=400, code="INVALID_FIELD")
+    assert observe("salesforce.upsert", connector, time.perf_counter(), refused_field).credentials is True
 
 
 def test_redis_out_of_reach_for_longer_than_the_threshold(ops, own_redis, make_config, workspace):

@@ -84,6 +84,8 @@ def test_the_systemd_units_run_gu1_sync_as_the_readme_says_and_stop_gracefully(p
         assert stop > event_job_limit(default_config())  # the job in hand finishes before systemd kills
     else:
         assert given["command"] == "serve" and stop > 20  # gunicorn's graceful timeout
+        # Enough threads that stalled clients cannot take them all (the default, measured in bench/).
+        assert given["threads"] >= 128
 
 
 def test_compose_dockerfile_and_units_agree():

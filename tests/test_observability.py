@@ -184,6 +184,11 @@ def test_metrics_answer_only_the_allowed_addresses_and_the_token_bearer(make_con
     assert open_app.test_client().get("/metrics").status_code == 200  # loopback is allowed by default
     outside = open_app.test_client().get("/metrics", environ_base={"REMOTE_ADDR": "203.0.113.9"})
     assert (outside.status_code, outside.json["error"]) == (403, "metrics_forbidden")
+    # A dual-stack socket shows an IPv4 peer as ::ffff:a.b.c.d: the same address as far as `allow` goes.
+    mapped = open_app.test_client().get("/metrics", environ_base={"REMOTE_ADDR": "::ffff:10.1.2.3"})
+    assert mapped.status_code == 200
+    mapped_outside = open_app.test_client().get("/metrics", environ_base={"REMOTE_ADDR": "::ffff:203.0.113.9"})
+    assert mapped_outside.status_code == 403
     guarded = make_app(
         make_config(
             "metrics:\n  allow: [203.0.113.0/24]\n  token: ${METRICS_TOKEN}\n",

@@ -4,6 +4,8 @@ config a service starts with is the file alone: config tests are read by `check`
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -16,8 +18,9 @@ from app import create_app
 from gu1sync.cli import cli
 from gu1sync.config import load_config
 from gu1sync.runtime import Runtime
-from gu1sync.storage import Database, SchemaMismatch
+from gu1sync.storage import Database, SchemaMismatch, Store
 from gu1sync.storage.migrations import MIGRATIONS
+from gu1sync.storage.ops import OpsLog
 from tests.support.helpers import ROOT, SECRETS, dumps, gu1_headers
 
 # Holds SQLite's write lock until told to let go (a line on stdin): another process writing, a backup,
@@ -91,6 +94,18 @@ def test_a_command_on_a_database_that_does_not_exist_yet_says_so_and_creates_not
     with pytest.raises(SchemaMismatch):
         Runtime.for_command(config, writes=True)
     assert not (ROOT / config.storage_path).exists()
+    # Under systemd (JSON logs) the same words come as one JSON log line, like every other line.
+    as_json = subprocess.run(
+        [sys.executable, "-m", "gu1sync", "--log-format", "json", "--config", config.file, "failed"],
+        env={**os.environ, **SECRETS},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert as_json.returncode == 1
+    [line] = as_json.stderr.strip().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "ERROR" and "has no gu1-sync data yet" in record["message"]
 
 
 def test_a_read_only_command_cannot_write(make_config):
@@ -138,6 +153,59 @@ def test_backup_copies_the_file_whatever_its_schema_version(make_config, tmp_pat
         assert conn.execute("SELECT id FROM events").fetchall() == [(event_id,)]
     again = CliRunner().invoke(cli, ["--config", config.file, "backup", str(copy)], env=SECRETS)
     assert again.exit_code == 2 and "exists" in again.output  # never overwrites
+
+
+def test_backup_ends_while_another_process_keeps_writing(make_config, tmp_path):
+    """SQLite starts a backup taken a chunk at a time over whenever someone writes in between: on a busy
+    database it would never end. gu1-sync's is one step, a copy of the moment it began."""
+    config, event_id = _stored_event(make_config)
+    with sqlite3.connect(config.storage_path) as conn:  # a few MB, so that a copy takes many chunks
+        conn.execute("CREATE TABLE ballast (b BLOB)")
+        conn.executemany("INSERT INTO ballast VALUES (randomblob(4096))", [()] * 2000)
+    writer = subprocess.Popen([sys.executable, "-c", KEEP_WRITING, str(config.storage_path)])
+    try:
+        copy = tmp_path / "busy-copy.db"
+        backup = subprocess.run(
+            [sys.executable, "-m", "gu1sync", "--config", config.file, "backup", str(copy)],
+            env={**os.environ, **SECRETS},
+            capture_output=True,
+            text=True,
+            timeout=120,  # a guard against a backup that never ends, not a measure of speed
+        )
+        assert backup.returncode == 0, backup.stderr
+    finally:
+        writer.kill()
+        writer.wait()
+    with sqlite3.connect(copy) as conn:
+        assert conn.execute("SELECT id FROM events").fetchall() == [(event_id,)]
+        assert conn.execute("SELECT COUNT(*) FROM ballast").fetchone()[0] >= 2000
+
+
+# Commits every few milliseconds until killed.
+KEEP_WRITING = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+while True:
+    conn.execute("INSERT INTO ballast VALUES (randomblob(64))")
+"""
+
+
+def test_the_upgrade_that_brought_ops_alerts_tells_of_no_dead_letter_from_before(tmp_path):
+    path = tmp_path / "old.db"
+    database = Database(str(path))
+    for migration in MIGRATIONS[:5]:  # a database as gu1-sync left it before the ops alerts
+        migration(database.db)
+    database.db.execute(
+        "INSERT INTO events (id, dedupe_key, source, kind, environment, received_at, raw, status) "
+        "VALUES ('ev_1', 'k', 's', 'gu1', 'production', '2025-01-01T00:00:00Z', x'', 'done')"
+    )
+    database.db.execute(
+        "INSERT INTO actions (id, event_id, rule, action_index, type, status, attempts, created_at, updated_at) "
+        "VALUES ('act_1', 'ev_1', 'r', 0, 'slack.post', 'dead', 1, '2025-01-01T00:00:00Z', '2025-01-01T00:00:00Z')"
+    )
+    database.db.execute("PRAGMA user_version=5")
+    database.migrate()
+    assert OpsLog(Store(database)).untold_dead() == []
 
 
 def test_replay_with_redis_down_says_the_sweep_will_queue_it(make_config, redis_conn):

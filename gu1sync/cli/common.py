@@ -102,8 +102,11 @@ def command_runtime(ctx: click.Context, *, writes: bool = False, any_schema: boo
 
 
 def fail(message: str) -> NoReturn:
-    """Say what went wrong on stderr and exit 1."""
-    click.echo(message, err=True)
+    """Say what went wrong on stderr (a log line when the logs are JSON: a service under systemd) and exit 1."""
+    if logs.log_format() == "json":
+        log.error("%s", message)
+    else:
+        click.echo(message, err=True)
     sys.exit(1)
 
 

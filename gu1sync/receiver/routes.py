@@ -255,6 +255,8 @@ def metrics():
     svc = services()
     settings = svc.config.metrics
     client = ipaddress.ip_address(request.remote_addr or "0.0.0.0")
+    if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
+        client = client.ipv4_mapped  # ::ffff:10.0.0.5 on a dual-stack socket is 10.0.0.5
     if not any(client in ipaddress.ip_network(network, strict=False) for network in settings.allow):
         raise Forbidden("metrics_forbidden", "this address may not read /metrics (metrics.allow)")
     if settings.token is not None:

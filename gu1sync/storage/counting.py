@@ -63,7 +63,7 @@ class CallReport:
 
 def record_health(conn: sqlite3.Connection, connector: str, *, failed_code: str | None, now: datetime) -> None:
     """A call's verdict on a connector's credentials, inside the caller's transaction: refused
-    (`failed_code`), or accepted (which clears a refusal). Writes only when the state changes."""
+    (`failed_code`), or accepted (which clears a refusal, and writes only when the state changes)."""
     if failed_code is not None:
         conn.execute(
             """INSERT INTO connector_health (connector, state, code, since, checked_at)

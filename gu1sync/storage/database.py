@@ -266,8 +266,11 @@ class Database:
 
     def backup(self, destination: str, progress: Callable[[int, int], None] | None = None) -> int:
         """A consistent copy of the whole file at `destination`, taken while everything runs (SQLite's
-        online backup, a chunk of pages at a time: writers are not stopped). `progress` is told (pages
-        copied, pages in all) after each chunk. Returns the pages copied."""
+        online backup in one step: writers are not stopped, and the copy is of the moment it began).
+        `progress` is told (pages copied, pages in all) before and after. Returns the pages copied.
+
+        One step, not a chunk at a time: SQLite starts a chunked backup over whenever another
+        connection writes between two chunks, so on a busy database it might never end."""
         copied = [0]
 
         def step(status: int, remaining: int, total: int) -> None:
@@ -276,8 +279,11 @@ class Database:
                 progress(total - remaining, total)
 
         try:
+            if progress is not None:
+                row = self.one("PRAGMA page_count")
+                progress(0, int(row[0]) if row else 0)
             with sqlite3.connect(destination) as target:
-                self.db.conn.backup(target, pages=1024, progress=step)
+                self.db.conn.backup(target, pages=-1, progress=step)
         except sqlite3.Error as exc:
             raise StoreUnavailable(str(exc)) from exc
         return copied[0]

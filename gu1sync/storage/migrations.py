@@ -221,6 +221,8 @@ def _migration_6(db: sqlite_utils.Database) -> None:
     # digests group dead letters by the service's error code (INVALID_FIELD, channel_not_found...).
     db["actions"].add_column("alerted_at", str)
     db["actions"].add_column("error_code", str)
+    # Dead letters from before the ops channel existed are not news: the first digest starts from here.
+    db.execute("UPDATE actions SET alerted_at = updated_at WHERE status = 'dead'")
     db.execute(
         "CREATE INDEX idx_actions_dead_unalerted ON actions (updated_at) WHERE status = 'dead' AND alerted_at IS NULL"
     )

@@ -73,13 +73,17 @@ class OpsLog:
         ]
 
     def oldest_unfinished(self) -> str | None:
-        """When the oldest event not processed yet was received (received, processing or failed)."""
-        marks = ",".join("?" * 3)
+        """When the oldest event waiting to be processed was received (received or processing; a `failed`
+        one waits for a person, not for the workers, and is counted by `failed_events`)."""
         row = self.database.one(
-            f"SELECT MIN(received_at) FROM events WHERE status IN ({marks})",
-            (EventStatus.RECEIVED, EventStatus.PROCESSING, EventStatus.FAILED),
+            "SELECT MIN(received_at) FROM events WHERE status IN (?, ?)", (EventStatus.RECEIVED, EventStatus.PROCESSING)
         )
         return row[0] if row else None
+
+    def failed_events(self) -> int:
+        """Events whose processing failed for good: each waits for `gu1-sync replay EVENT_ID`."""
+        row = self.database.one("SELECT COUNT(*) FROM events WHERE status = ?", (EventStatus.FAILED,))
+        return int(row[0]) if row else 0
 
     def count_actions(self, status: ActionStatus) -> int:
         row = self.database.one("SELECT COUNT(*) FROM actions WHERE status = ?", (status,))
@@ -134,8 +138,8 @@ class OpsLog:
         """Dead letters no digest has told of yet, oldest first: id, event, rule, type, codes, when."""
         return self.database.rows(
             """SELECT id, event_id, rule, type, status_code, error_code, updated_at FROM actions
-               WHERE status = ? AND alerted_at IS NULL ORDER BY updated_at, id LIMIT ?""",
-            (ActionStatus.DEAD, limit),
+               WHERE status = 'dead' AND alerted_at IS NULL ORDER BY updated_at, id LIMIT ?""",
+            (limit,),  # the status written out, so that SQLite uses the partial index made for this query
         )
 
     def mark_told(self, action_ids: list[str], now: datetime) -> None:
@@ -143,7 +147,10 @@ class OpsLog:
             for start in range(0, len(action_ids), 500):
                 batch = action_ids[start : start + 500]
                 marks = ",".join("?" * len(batch))
-                conn.execute(f"UPDATE actions SET alerted_at = ? WHERE id IN ({marks})", (iso(now), *batch))
+                # Only while still dead: one replayed in the meantime is told of again if it dies again.
+                conn.execute(
+                    f"UPDATE actions SET alerted_at = ? WHERE status = 'dead' AND id IN ({marks})", (iso(now), *batch)
+                )
 
     # -- alerts ---------------------------------------------------------------------------------------
 
@@ -157,9 +164,19 @@ class OpsLog:
         return row[0] if row else None
 
     def record_alert(
-        self, *, kind: str, key: str, state: str, title: str, text: str, firing: bool | None, now: datetime
+        self,
+        *,
+        kind: str,
+        key: str,
+        state: str,
+        title: str,
+        text: str,
+        firing: bool | None,
+        now: datetime,
+        since: str | None = None,
     ) -> int:
-        """Keep an alert (before it is sent) and move its state: `firing` True or False, None for a digest."""
+        """Keep an alert (before it is sent) and move its state: `firing` True or False, None for a digest.
+        `since`: when what it tells of began (kept as the state's start when it changes), else now."""
         with self.database.transaction() as conn:
             cursor = conn.execute(
                 """INSERT INTO alerts (kind, key, state, title, text, created_at, delivery)
@@ -172,7 +189,7 @@ class OpsLog:
                        since = CASE WHEN excluded.firing != alert_states.firing THEN excluded.since
                                     ELSE alert_states.since END,
                        last_sent_at = excluded.last_sent_at""",
-                (kind, key, int(bool(firing)), iso(now), iso(now)),
+                (kind, key, int(bool(firing)), since or iso(now), iso(now)),
             )
             return int(cursor.lastrowid)
 
