@@ -2,7 +2,8 @@
 
 - `process_event(event_id)`: run the rules on one stored event, record what they made of it, and
   make its actions' first attempts; then the same for the next stored events while the job is young;
-- `run_action(action_id)`: one attempt of one action (every retry is one of these).
+- `run_action(action_id)`: one attempt of one action (every retry is one of these), with the other
+  retries of its kind that fall due with it when its connector can make them one call (gu1sync.batch).
 
 Jobs work with this process's Runtime (`use_runtime`; a plain `rq worker` builds one from
 $GU1_SYNC_CONFIG on first use), so connectors and a logged-in Salesforce client live from job to job.
@@ -14,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from redis.exceptions import RedisError
@@ -22,8 +24,10 @@ from rq import get_current_job
 from connectors import REGISTRY
 from rules.engine import evaluate
 
+from .batch import attempt_batch
 from .config import Config, load_config
 from .core.records import Event, first_job
+from .core.records import action_id as action_id_of
 from .delivery import attempt, limits
 from .runtime import Runtime
 from .storage import StoreUnavailable
@@ -92,9 +96,14 @@ def process_event(event_id: str) -> dict:
         else:
             own = _process(rt, event, first_attempts)  # a failure fails the job: its traceback is in RQ's log
         batch, exhausted = 0, False
-        while batch < BATCH_EVENTS and clock.elapsed() < BATCH_SECONDS:
+        while batch < BATCH_EVENTS and (clock.elapsed() < BATCH_SECONDS or first_attempts.linger_left() > 0):
             event = rt.store.claim_next()
             if event is None:
+                # Actions held for a batch may wait a little for others (connectors.<name>.batch.linger).
+                wait = first_attempts.linger_left()
+                if wait > 0:
+                    time.sleep(min(wait, 0.05))
+                    continue
                 exhausted = True
                 break
             batch += 1
@@ -109,6 +118,7 @@ def process_event(event_id: str) -> dict:
             # next job goes on from where this one stopped.
             rt.queue.enqueue(waiting)
     finally:
+        first_attempts.flush()
         first_attempts.wait()
     result: dict = {"event": event_id, "batch": batch}
     if own is None:
@@ -119,9 +129,35 @@ def process_event(event_id: str) -> dict:
 
 
 def run_action(action_id: str) -> dict:
-    """RQ job: one attempt of one action. Does nothing if the action is done, dead, or not due."""
+    """RQ job: one attempt of one action. Does nothing if the action is done, dead, or not due.
+
+    Retries falling due together (after an outage, say) share a call where the connector can make
+    one of several: those of the same type and batch key due now go with this one."""
     rt = runtime()
-    return attempt(rt, rt.config, action_id)
+    config = rt.config
+    action = rt.actions.get(action_id)
+    key = _batch_key(config, action.type, action.params) if action is not None else None
+    if action is None or key is None:
+        return attempt(rt, config, action_id, action_type=action.type if action is not None else None)
+    batching = REGISTRY.batching(config.connectors, action.type)
+    assert batching is not None  # a batch key means the connector batches this type
+    alike = [
+        other.id
+        for other in rt.actions.due_alike(action.type, action_id, limit=4 * batching.max)
+        if _batch_key(config, other.type, other.params) == key
+    ][: batching.max - 1]
+    if not alike:
+        return attempt(rt, config, action_id, action_type=action.type)
+    outcomes = attempt_batch(rt, config, action.type, [action_id, *alike])
+    return {"action": action_id, "batch": len(outcomes), "outcomes": outcomes}
+
+
+def _batch_key(config: Config, action_type: str, params: dict | None) -> str | None:
+    """Which of this type's actions may share a call with this one (None: it goes alone)."""
+    if params is None or REGISTRY.batching(config.connectors, action_type) is None:
+        return None
+    batch = REGISTRY.action(action_type).batch
+    return batch(params) if batch is not None else None
 
 
 def _process(rt: Runtime, event: Event, first_attempts: FirstAttempts) -> dict:
@@ -158,9 +194,15 @@ def _process(rt: Runtime, event: Event, first_attempts: FirstAttempts) -> dict:
             "actions_pending": len(pending),
         },
     )
-    for action_id, action_type in pending:
-        first_attempts.submit(config, action_id, action_type, event)
-    return {"matched": matched, "pending": [action_id for action_id, _ in pending]}
+    rendered = {
+        action_id_of(event.id, result.rule, action.index): action.params
+        for result in results
+        if result.matched
+        for action in result.actions
+    }
+    for pending_id, action_type in pending:
+        first_attempts.submit(config, pending_id, action_type, event, rendered.get(pending_id))
+    return {"matched": matched, "pending": [pending_id for pending_id, _ in pending]}
 
 
 ATTEMPT_THREADS = 4  # first attempts in flight at once, per worker process
@@ -182,26 +224,73 @@ def _attempt_threads() -> ThreadPoolExecutor:
 class FirstAttempts:
     """The first attempts of a job's actions, made by a few threads while the job goes on with its
     batch: an event's wait on Salesforce does not hold up the next event, nor its own Slack post.
-    The job waits for all of them before it ends, so RQ's time limit still covers every attempt."""
+    Actions whose connector can make one call of several (ActionType.batch) are held and go together:
+    when they reach the connector's `batch.max`, when no stored event waits any more (after
+    `batch.linger`, 0 by default), or when the job's turn ends. The job waits for all of them before it
+    ends, so RQ's time limit still covers every attempt."""
 
     def __init__(self, rt: Runtime, clock: JobClock):
         self.runtime = rt
         self.clock = clock
         self.futures: list[Future] = []
+        # (action type, batch key) -> [(action id, event)], and when the first of them was held.
+        self.held: dict[tuple[str, str], list[tuple[str, Event]]] = {}
+        self.held_since: dict[tuple[str, str], float] = {}
 
-    def submit(self, config: Config, action_id: str, action_type: str, event: Event) -> None:
-        """Make the attempt soon; a job that runs too far ahead of its attempts waits for them."""
-        self.runtime.connectors.get(action_type, config.connectors)  # built here, not by two threads at once
+    def submit(
+        self, config: Config, action_id: str, action_type: str, event: Event, params: dict | None = None
+    ) -> None:
+        """Make the attempt soon (or hold it for a batch); a job that runs too far ahead of its attempts
+        waits for them."""
+        connector = self.runtime.connectors.get(action_type, config.connectors)  # built here, not by two threads
+        key = None if connector.dry_run else _batch_key(config, action_type, params)
+        if key is None:
+            self._start(self._run, config, action_id, action_type, event)
+            return
+        group = self.held.setdefault((action_type, key), [])
+        if not group:
+            self.held_since[(action_type, key)] = time.monotonic()
+        group.append((action_id, event))
+        batching = REGISTRY.batching(config.connectors, action_type)
+        if batching is not None and len(group) >= batching.max:
+            self._flush((action_type, key))
+
+    def linger_left(self) -> float:
+        """How much longer the actions held may wait for others to share their call (0: no longer)."""
+        left = 0.0
+        for (action_type, _), since in self.held_since.items():
+            batching = REGISTRY.batching(self.runtime.config.connectors, action_type)
+            if batching is not None:
+                left = max(left, batching.linger - (time.monotonic() - since))
+        return left
+
+    def flush(self) -> None:
+        """Send every batch held."""
+        for group in list(self.held):
+            self._flush(group)
+
+    def _flush(self, group: tuple[str, str]) -> None:
+        items = self.held.pop(group)
+        self.held_since.pop(group, None)
+        self._start(self._run_batch, self.runtime.config, group[0], items)
+
+    def _start(self, work: Callable[..., None], *args: object) -> None:
         self.futures = [future for future in self.futures if not future.done()]
         while len(self.futures) >= 2 * ATTEMPT_THREADS:  # wait on those in flight only: a done one returns at once
             self.futures = list(wait(self.futures, return_when=FIRST_COMPLETED).not_done)
-        self.futures.append(_attempt_threads().submit(self._run, config, action_id, action_type, event))
+        self.futures.append(_attempt_threads().submit(work, *args))
 
     def _run(self, config: Config, action_id: str, action_type: str, event: Event) -> None:
         if not REGISTRY.action(action_type).repeat_harmless:
             with _one_at_a_time:
                 return self._attempt(config, action_id, action_type, event)
         return self._attempt(config, action_id, action_type, event)
+
+    def _run_batch(self, config: Config, action_type: str, items: list[tuple[str, Event]]) -> None:
+        if not REGISTRY.action(action_type).repeat_harmless:
+            with _one_at_a_time:
+                return self._attempt_batch(config, action_type, items)
+        return self._attempt_batch(config, action_type, items)
 
     def _attempt(self, config: Config, action_id: str, action_type: str, event: Event) -> None:
         job_limit = limits(config, action_type)[1]
@@ -220,7 +309,31 @@ class FirstAttempts:
                 log.warning("action=%s: first attempt not made (%s: %s)", action_id, type(exc).__name__, exc)
             except Exception:
                 log.exception("action=%s: first attempt failed unexpectedly", action_id)
-        # A job of its own then, as every retry is; a claimed action's job waits for its lease to end.
+        self._own_job(action_id, job_limit)
+
+    def _attempt_batch(self, config: Config, action_type: str, items: list[tuple[str, Event]]) -> None:
+        job_limit = limits(config, action_type)[1]
+        ids = [action_id for action_id, _ in items]
+        if self.clock.fits(job_limit):
+            try:
+                attempt_batch(
+                    self.runtime,
+                    config,
+                    action_type,
+                    ids,
+                    events={event.id: event for _, event in items},
+                    killed_within=self.clock.remaining(),
+                )
+                return
+            except (StoreUnavailable, RedisError) as exc:
+                log.warning("batch of %d: first attempts not made (%s: %s)", len(ids), type(exc).__name__, exc)
+            except Exception:
+                log.exception("batch of %d: first attempts failed unexpectedly", len(ids))
+        for action_id in ids:
+            self._own_job(action_id, job_limit)
+
+    def _own_job(self, action_id: str, job_limit: float) -> None:
+        """A job of its own then, as every retry is; a claimed action's job waits for its lease to end."""
         if not self.runtime.queue.enqueue_action(action_id, first_job(action_id), timeout=job_limit):
             log.warning("action=%s not queued (Redis); the sweep will queue it", action_id)
 

@@ -38,7 +38,8 @@ def test_one_job_processes_a_burst_and_takes_the_other_jobs_off_the_queue(setup,
     assert result["batch"] == 4
     assert [ctx.store.event(e).status for e in events] == ["done"] * 5
     assert all(a["status"] == "done" for e in events for a in ctx.store.actions(e))
-    assert len(org.seen("PATCH")) == 5 and len(workspace.messages) == 5
+    [upserts] = org.seen("PATCH")  # the five upserts were ready together: one sObject Collections call
+    assert len(upserts.json["records"]) == 5 and len(workspace.messages) == 5
     assert queued_ids(redis_conn) == [events[0]]  # only the job that ran (here, outside RQ) is left
     assert all(Job.exists(e, connection=redis_conn) is False for e in events[1:])  # no hash left behind
 

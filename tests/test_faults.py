@@ -119,6 +119,35 @@ def test_workers_killed_mid_call_again_and_again(make_stack, org, workspace, rec
     assert settlement.slack_duplicates >= sum(cut)
 
 
+def test_a_worker_killed_in_the_middle_of_a_batch(make_stack, org, workspace, record_property):
+    """Upserts ready together go as one sObject Collections call: a kill during it leaves every record of
+    the batch with an unknown outcome. Each is claimed again when its lease ends and written once more
+    (an upsert lands the same): nothing is lost and every record ends with its event's state."""
+    stack = make_stack(timeout="1s", retry=RETRY)
+    stack.start_receiver()
+    for _ in range(2):
+        stack.start_worker()
+    org.stall(r"/composite/sobjects", 0.5, during=3600)  # time enough to find the batch in flight
+    sender = Sender(stack)
+    sender.start(burst(KILL_EVENTS, every_nth_blocked=10), pace=0.02)
+
+    def batch_in_flight():
+        batches = [r for r in org.in_flight() if "/composite/sobjects" in r.path and len(r.json["records"]) > 1]
+        return stack.worker_calling(batches)
+
+    victim, call = wait_until(batch_in_flight, timeout=60, what="a worker in the middle of a batch")
+    stack.kill(victim)
+    cut = len(call.json["records"])
+    stack.start_worker()
+    sender.join()
+    assert not sender.refusals()
+    settlement = settle(stack, sender, org, workspace, kills=1, timeout=LIMIT - 60)
+    report(record_property, f"a kill in the middle of a batch of {cut} upserts: {settlement.summary()}")
+    assert settlement.interrupted >= cut  # every record of the batch had its attempt marked interrupted...
+    repeated = [r for r in settlement.repeats if r[1] == "salesforce.upsert"]
+    assert len(repeated) >= cut  # ...and was written again: the emulator finished the call the kill cut
+
+
 def test_redis_restarted_empty_mid_burst(make_stack, own_redis, org, workspace, record_property):
     stack = make_stack(redis_url=own_redis.url, timeout="5s", retry=RETRY)
     stack.start_receiver()

@@ -28,7 +28,7 @@ connectors:
   salesforce:
     auth: {{method: session, instance_url: "{sf_url}", session_id: "${{SF_SESSION}}"}}
     timeout: 2s
-  slack:
+{salesforce}  slack:
     token: "${{SLACK_TOKEN}}"
     base_url: "{slack_url}"
     timeout: 2s
@@ -66,8 +66,12 @@ rules:
 def setup(make_config, org, workspace, redis_conn, tmp_path):
     """Build (config, app, ctx) for a channel; the worker context uses the emulators' TLS session."""
 
-    def build(channel: str = "#compliance-alerts", extra: str = "", environ: dict | None = None):
-        text = (CONNECTORS + RULES).format(sf_url=org.url, slack_url=workspace.api_url, channel=channel) + extra
+    def build(channel: str = "#compliance-alerts", extra: str = "", environ: dict | None = None, salesforce: str = ""):
+        """`salesforce`: more lines of connectors.salesforce (indented by four), such as `    batch: {max: 3}`."""
+        salesforce = salesforce + "\n" if salesforce and not salesforce.endswith("\n") else salesforce
+        text = (CONNECTORS + RULES).format(
+            sf_url=org.url, slack_url=workspace.api_url, channel=channel, salesforce=salesforce
+        ) + extra
         org.sessions.add(ENV["SF_SESSION"])
         config = make_config(text, environ={**ENV, **(environ or {})})
         app = create_app(config)
