@@ -139,15 +139,37 @@ def format_stats(stats: dict[str, list[dict]]) -> str:
         ("last_success", "LAST SUCCESS"),
         ("last_failure", "LAST FAILURE"),
     ]
-    return "\n".join(
-        [
-            "by rule",
-            _table(stats["rules"], [("name", "RULE"), *columns]),
+    lines = [
+        "by rule",
+        _table(stats["rules"], [("name", "RULE"), *columns]),
+        "",
+        "by connector",
+        _table(stats["connectors"], [("name", "CONNECTOR"), *columns]),
+    ]
+    if stats.get("api"):
+        rows = [{**row, "usage": _usage(row)} for row in stats["api"]]
+        lines += [
             "",
-            "by connector",
-            _table(stats["connectors"], [("name", "CONNECTOR"), *columns]),
+            "calls and API usage",
+            _table(
+                rows,
+                [
+                    ("connector", "CONNECTOR"),
+                    ("calls", "CALLS"),
+                    ("usage", "API USAGE (LAST ANSWER)"),
+                    ("api_at", "AS OF"),
+                ],
+            ),
         ]
-    )
+    return "\n".join(lines)
+
+
+def _usage(row: dict) -> str:
+    """`12,401 of 15,000 (83%) today`, or `-` when the service reports none."""
+    used, limit = row.get("api_used"), row.get("api_limit")
+    if used is None or not limit:
+        return "-"
+    return f"{used:,} of {limit:,} ({used / limit:.0%}) in the last 24 h"
 
 
 def as_json(data: Any) -> str:

@@ -5,13 +5,16 @@ the emulators."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
 import pytest
+from click.testing import CliRunner
 
+from gu1sync.cli import cli
 from gu1sync.jobs import process_event
-from tests.support.delivery import actions_of, drain, post, setup, status_changed  # noqa: F401 - setup is a fixture
+from tests.support.delivery import ENV, actions_of, drain, post, setup, status_changed  # noqa: F401 - setup is a fixture
 from tests.support.emulators.salesforce import LOCKED, malformed
 
 pytestmark = pytest.mark.real_redis
@@ -155,3 +158,21 @@ def test_a_lone_action_goes_at_once_and_linger_lets_a_second_join_it(setup, org,
     post(app, status_changed("l2", "under_review", "active", at(2)))
     job.join(timeout=30)
     assert collection_sizes(org) == [2]
+
+
+def test_stats_shows_the_calls_made_and_the_org_s_api_usage(setup, org, redis_conn):
+    config, app, ctx = setup()
+    org.api_used = 12_000
+    events = suspend(app, 30)
+    process_event(events[0])
+    result = CliRunner().invoke(cli, ["--config", config.file, "stats"], env=ENV)
+    assert result.exit_code == 0, result.output
+    table = result.output.split("calls and API usage\n")[1].splitlines()
+    [salesforce] = [line for line in table if line.startswith("salesforce")]
+    # 30 upserts, one call; the org had 12,000 calls today from every integration, 12,001 with ours.
+    assert salesforce.split()[:2] == ["salesforce", "1"]
+    assert "12,001 of 15,000 (80%) in the last 24 h" in salesforce
+    data = json.loads(CliRunner().invoke(cli, ["--config", config.file, "stats", "--json"], env=ENV).output)
+    assert {"connector": "salesforce", "calls": 1, "api_used": 12_001, "api_limit": 15_000}.items() <= next(
+        row for row in data["api"] if row["connector"] == "salesforce"
+    ).items()

@@ -80,8 +80,10 @@ def replay(ctx: click.Context, event_id: str | None, action_id: str | None, sinc
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
-    """Per rule and per connector: totals, successes, failures, last success, last failure."""
-    data = command_runtime(ctx).actions.stats()
+    """Per rule and per connector: totals, successes, failures, last success, last failure; the calls
+    made to each connector, and the API usage it reported (Salesforce's daily limit)."""
+    runtime = command_runtime(ctx)
+    data = {**runtime.actions.stats(), "api": OpsLog(runtime.store).api_usage()}
     click.echo(report.as_json(data) if as_json else report.format_stats(data))
 
 

@@ -127,6 +127,24 @@ class OpsLog:
             for row in rows
         }
 
+    def api_usage(self) -> list[dict]:
+        """Per connector: the calls gu1-sync made to it (all time, a batch counted once), and the API usage
+        its last answer reported (Salesforce: the org's, of all its integrations, over a rolling day)."""
+        calls: dict[str, float] = {}
+        for _, labels, value in self.counters("connector_calls"):
+            calls[labels["connector"]] = calls.get(labels["connector"], 0) + value
+        health = self.health()
+        return [
+            {
+                "connector": name,
+                "calls": int(calls.get(name, 0)),
+                "api_used": health[name].api_used if name in health else None,
+                "api_limit": health[name].api_limit if name in health else None,
+                "api_at": health[name].api_at if name in health else None,
+            }
+            for name in sorted(set(calls) | {n for n, h in health.items() if h.api_used is not None})
+        ]
+
     def set_health(self, connector: str, *, failed_code: str | None, now: datetime) -> None:
         """A check's verdict on a connector's credentials (see record_health)."""
         with self.database.transaction() as conn:
