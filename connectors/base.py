@@ -117,6 +117,8 @@ class ActionType:
     repeat_harmless: bool = False
     # The values to render, from those the rule wrote (a ready-made layout's text and blocks, say).
     prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # Warnings about the params as a rule writes them (raw, before compiling): (path in them, message).
+    lint: Callable[[dict[str, Any]], list[tuple[tuple, str]]] | None = None
     # Which rendered actions of this type may share one call (`execute_batch`): those with the same key.
     # None (the function, or its answer for one action): each goes alone.
     batch: Callable[[dict[str, Any]], str | None] | None = None

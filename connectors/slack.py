@@ -17,7 +17,15 @@ from pydantic import Field, model_validator
 from slack_sdk import WebClient, WebhookClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
 
-from gu1sync.core.templates import Templated, TemplatedText, compile_value
+from gu1sync.core.templates import (
+    SlackBlocks,
+    SlackText,
+    Template,
+    TemplatedText,
+    compile_blocks,
+    compile_value,
+    is_template,
+)
 from gu1sync.core.values import PositiveDuration, SecretValue, StrictModel
 
 from .base import (
@@ -197,8 +205,9 @@ class SlackConnector:
 
 # -- slack.post and its ready-made layouts ----------------------------------------------------------
 # `compliance-alert` reads well at a glance: who, external id, what changed, from what to what, why.
-# Every value from the event is escaped for Slack (`| slack`), so a name such as `<!channel>` cannot
-# notify a whole channel, and every field has a default, so no event lacks one.
+# Every value from the event is escaped for Slack (as in any rule's Slack text; `| slack` says so here
+# too), so a name such as `<!channel>` cannot notify a whole channel, and every field has a default,
+# so no event lacks one.
 
 # default(x, true): a value that is there but null or empty counts as missing.
 _WHO = "{{ entity.name | default(payload.entityId | default('unknown entity', true), true) | slack }}"
@@ -242,7 +251,10 @@ LAYOUTS: dict[str, dict[str, Any]] = {
     }
 }
 
-_COMPILED = {name: compile_value(layout) for name, layout in LAYOUTS.items()}
+_COMPILED = {
+    name: {"text": compile_value(layout["text"], slack_text=True), "blocks": compile_blocks(layout["blocks"])}
+    for name, layout in LAYOUTS.items()
+}
 
 
 class SlackPost(ActionParams):
@@ -250,8 +262,14 @@ class SlackPost(ActionParams):
 
     type: ClassVar[str] = "slack.post"
     channel: TemplatedText | None = Field(None, description="#channel or channel id; required with a bot token.")
-    text: TemplatedText | None = Field(None, description="The message, or its fallback text with blocks.")
-    blocks: Templated = Field(None, description="Block Kit blocks (a list); strings inside may be templates.")
+    text: SlackText | None = Field(
+        None,
+        description="The message, or its fallback text with blocks. Values from the event are escaped "
+        "(`<!channel>` shows as typed); `| safe` lets one through as it is.",
+    )
+    blocks: SlackBlocks = Field(
+        None, description="Block Kit blocks (a list); strings may be templates, mrkdwn text escapes the event's values."
+    )
     layout: Literal["compliance-alert"] | None = Field(
         None, description="compliance-alert: who, external id, what changed, from what to what, why."
     )
@@ -269,6 +287,42 @@ def with_layout(values: dict[str, Any]) -> dict[str, Any]:
     """A post's values with its layout's text and blocks, unless the rule gives its own."""
     layout = values.pop("layout", None)
     return {**_COMPILED[layout], **values} if layout is not None else values
+
+
+def unescaped(params: dict[str, Any]) -> list[tuple[tuple, str]]:
+    """Where a rule's Slack text lets a value from the event through unescaped (`| safe`): `check` warns."""
+    found = []
+    texts: list[tuple[tuple, Any]] = [(("text",), params.get("text"))]
+    texts += [(("blocks", *path), text) for path, text in _mrkdwn_texts(params.get("blocks"))]
+    for path, text in texts:
+        if not (isinstance(text, str) and is_template(text)):
+            continue
+        try:
+            template = Template(text)
+        except ValueError:  # a broken template is an error of its own, reported where it is
+            continue
+        if "safe" in template.filters:
+            found.append(
+                (
+                    path,
+                    "`| safe` posts the event's own text unescaped: a name typed as <!channel> would notify "
+                    "the whole channel, <https://evil.example|Review case> would be a link; keep it only for "
+                    "values that are mentions or links on purpose",
+                )
+            )
+    return found
+
+
+def _mrkdwn_texts(value: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
+    if isinstance(value, dict):
+        found = [(path + ("text",), value.get("text"))] if value.get("type") == "mrkdwn" else []
+        for key, item in value.items():
+            if key != "text" or value.get("type") != "mrkdwn":
+                found += _mrkdwn_texts(item, (*path, key))
+        return found
+    if isinstance(value, list):
+        return [found for n, item in enumerate(value) for found in _mrkdwn_texts(item, (*path, n))]
+    return []
 
 
 # Slack's answers that refuse the credentials: a token revoked or wrong, an app removed, a webhook gone.
@@ -299,7 +353,7 @@ CONNECTOR = ConnectorSpec(
     settings=SlackSettings,
     client=SlackConnector,
     classify=classify,
-    actions=(ActionType(SlackPost, prepare=with_layout),),  # a repeated post shows twice
+    actions=(ActionType(SlackPost, prepare=with_layout, lint=unescaped),),  # a repeated post shows twice
     dry_run_notice="Slack has no credentials (connectors.slack.token or webhook_url): slack.post actions run "
     "dry, rendered and recorded but never sent.",
     refuses_credentials=refuses_credentials,

@@ -125,7 +125,7 @@ VALIDATION_CASES = [
             "config.yaml:12:18: rules[0].actions[0].slack.post.channel: template error on its line 1: "
             "unexpected end of template, expected 'end of print statement'.",
             "config.yaml:13:15: rules[0].actions[0].slack.post.text: unknown filter 'capitalize'; available: "
-            "d, date, default, join, lower, slack, tojson, truncate, upper",
+            "d, date, default, join, lower, safe, slack, tojson, truncate, upper",
             "config.yaml:14:17: rules[0].actions[0].slack.post.blocks: templates cannot reach '__class__': "
             "names starting with '_' are off limits",
         ],

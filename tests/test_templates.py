@@ -78,7 +78,18 @@ def test_filters(source, expected):
 
 
 def test_only_the_small_set_of_filters_exists():
-    assert sorted(ENV.filters) == ["d", "date", "default", "join", "lower", "slack", "tojson", "truncate", "upper"]
+    assert sorted(ENV.filters) == [
+        "d",
+        "date",
+        "default",
+        "join",
+        "lower",
+        "safe",
+        "slack",
+        "tojson",
+        "truncate",
+        "upper",
+    ]
     with pytest.raises(ValueError, match="unknown filter 'map'"):
         Template("{{ payload.warnings | map('upper') }}")
 

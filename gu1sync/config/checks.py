@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from connectors import REGISTRY
 from gu1sync.core.templates import Template, Templated
 from gu1sync.core.values import did_you_mean
 from gu1sync.core.yamlfile import Document, Problem
@@ -93,6 +94,13 @@ def _check_rule(
                     f'source "{source_name}" is {source.environment}, so this rule can never match',
                 )
             )
+    for n, action in enumerate(rule.get("actions") if isinstance(rule.get("actions"), list) else []):
+        if isinstance(action, dict) and len(action) == 1:
+            [(kind, params)] = action.items()
+            declared = REGISTRY.actions.get(kind)
+            if declared is not None and declared.lint is not None and isinstance(params, dict):
+                for path, message in declared.lint(params):
+                    problems.append(doc.problem((*here, "actions", n, kind, *path), message, severity="warning"))
     if listed is None:
         kinds = {source.kind for source in sources.values()}
     patterns = _field(rule, "on") or []

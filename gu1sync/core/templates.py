@@ -3,7 +3,11 @@
 - A value that is one expression, `"{{ payload.amount }}"`, keeps its type (number, boolean, list);
   anything else renders to a string.
 - A path that is not in the event fails the action with the path named: `entity.externalId`.
-- Filters: default, upper, lower, truncate, join, tojson, date, slack. No globals, no private attributes,
+- Slack text (`text`, and `mrkdwn` text objects in blocks) is safe by default: every value that comes
+  from the event is escaped for Slack (&, <, >), so that a name typed as `<!channel>` or
+  `<https://evil.example|Review case>` shows as typed, never pings a channel or plants a link.
+  `| safe` lets one value through as it is (`check` warns where a rule does).
+- Filters: default, upper, lower, truncate, join, tojson, date, slack, safe. No globals, no private attributes,
   nothing that changes data, no huge strings or lists built by `*`, `**`, `+`, `~`, or by methods such as
   `center` and `replace`, no macros, includes or recursive loops, and loops bounded in all.
 
@@ -83,9 +87,60 @@ def _date(value: Any, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
     return moment.strftime(fmt)
 
 
-def _slack(value: Any) -> str:
-    """Escape text for Slack (&, <, >), so that event data cannot @-mention or forge links."""
+def slack_escape(value: Any) -> str:
+    """Text for Slack: &, < and > escaped, so that it cannot @-mention, link or format anything."""
     return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _slack_unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+# While Slack text renders, its event data is already escaped (see Template.render).
+_slack_text: contextvars.ContextVar[bool] = contextvars.ContextVar("gu1sync_template_slack", default=False)
+
+
+def _slack(value: Any) -> str:
+    """Escape text for Slack (&, <, >), so that event data cannot @-mention or forge links. In Slack text,
+    where the event's values are escaped already, it escapes only what is not (a literal)."""
+    if _slack_text.get():
+        return slack_escape(_slack_unescape(str(value)))
+    return slack_escape(value)
+
+
+def _safe(value: Any) -> Any:
+    """In Slack text: the event's value as it is, not escaped (a mention or a link the event carries on
+    purpose). Elsewhere values are never escaped, and it changes nothing."""
+    if _slack_text.get() and isinstance(value, str):
+        return _slack_unescape(value)
+    return value
+
+
+def _escaped(value: Any) -> Any:
+    """A copy of event data with every string (keys too) escaped for Slack."""
+    if isinstance(value, str):
+        return slack_escape(value)
+    if isinstance(value, dict):
+        return {(slack_escape(k) if isinstance(k, str) else k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_escaped(v) for v in value]
+    return value
+
+
+# The last context escaped for Slack text, and its escaped copy: an event's Slack post renders several
+# fields, each from the same context.
+_escaped_context: contextvars.ContextVar[tuple[dict, dict] | None] = contextvars.ContextVar(
+    "gu1sync_template_escaped", default=None
+)
+
+
+def _for_slack(context: dict[str, Any]) -> dict[str, Any]:
+    cached = _escaped_context.get()
+    if cached is not None and cached[0] is context:
+        return cached[1]
+    escaped = _escaped(context)
+    _escaped_context.set((context, escaped))
+    return escaped
 
 
 def _size(value: Any, cap: int = _MAX_RENDERED) -> int:
@@ -315,6 +370,7 @@ ENV.filters = {
     "tojson": _tojson,
     "date": _date,
     "slack": _slack,
+    "safe": _safe,
 }
 
 _TEMPLATE_MARK = re.compile(r"\{\{|\{%|\{#")
@@ -326,17 +382,20 @@ def is_template(text: str) -> bool:
 
 
 class Template:
-    """One compiled template value."""
+    """One compiled template value. `slack_text`: it renders Slack text, where every value from the event
+    is escaped unless the template says `| safe`."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, *, slack_text: bool = False):
         self.source = source
+        self.slack_text = slack_text
         try:
             tree = ENV.parse(source)
         except TemplateSyntaxError as exc:
             raise ValueError(f"template error on its line {exc.lineno}: {exc.message}") from None
         _refuse_private(tree)
         _refuse_statements(tree)
-        for name in _filters_used(tree):
+        self.filters = set(_filters_used(tree))
+        for name in self.filters:
             if name not in ENV.filters:
                 raise ValueError(f"unknown filter {name!r}; available: {', '.join(sorted(ENV.filters))}")
         try:
@@ -365,10 +424,13 @@ class Template:
         Whatever goes wrong inside a template is this action's failure, named, never a crash of the
         worker: the sandbox's refusals, a missing path, and anything a filter raises on odd data.
         """
+        if self.slack_text:
+            context = _for_slack(context)
         token = _paths.set({id(value): name for name, value in context.items() if isinstance(value, dict | list)})
         box: list[Any] | None = [] if self._single else None
         captured = _captured.set(box)
         loops = _loops_left.set([_MAX_LOOPS])
+        slack = _slack_text.set(self.slack_text)
         try:
             text = self._template.render(**context)
             if box is None:
@@ -390,6 +452,7 @@ class Template:
         except Exception as exc:  # noqa: BLE001 - becomes this action's recorded, permanent failure
             raise TemplateError(f"{type(exc).__name__}: {str(exc)[:200]}") from None
         finally:
+            _slack_text.reset(slack)
             _loops_left.reset(loops)
             _captured.reset(captured)
             _paths.reset(token)
@@ -451,15 +514,44 @@ def _filters_used(tree: nodes.Node) -> Iterator[str]:
         yield node.name
 
 
-def compile_value(value: Any) -> Any:
-    """Compile every template inside a config value (dicts and lists included); ValueError if one is bad."""
+def compile_value(value: Any, *, slack_text: bool = False) -> Any:
+    """Compile every template inside a config value (dicts and lists included); ValueError if one is bad.
+    `slack_text`: the strings are Slack text (see Template)."""
     if isinstance(value, str):
-        return Template(value) if is_template(value) else value
+        return Template(value, slack_text=slack_text) if is_template(value) else value
     if isinstance(value, dict):
-        return {key: compile_value(item) for key, item in value.items()}
+        return {key: compile_value(item, slack_text=slack_text) for key, item in value.items()}
     if isinstance(value, list):
-        return [compile_value(item) for item in value]
+        return [compile_value(item, slack_text=slack_text) for item in value]
     return value
+
+
+def compile_blocks(value: Any) -> Any:
+    """Compile Slack Block Kit blocks: the text of each `mrkdwn` text object is Slack text (escaped event
+    values); every other string (plain_text, URLs, ids) is a template like any other."""
+    if isinstance(value, dict):
+        mrkdwn = value.get("type") == "mrkdwn"
+        return {
+            key: compile_value(item, slack_text=True) if mrkdwn and key == "text" else compile_blocks(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [compile_blocks(item) for item in value]
+    return compile_value(value)
+
+
+def templates_in(value: Any) -> Iterator[tuple[tuple, Template]]:
+    """Every template inside a compiled value, with its path (keys and indexes)."""
+    if isinstance(value, Template):
+        yield (), value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            for path, template in templates_in(item):
+                yield (key, *path), template
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            for path, template in templates_in(item):
+                yield (n, *path), template
 
 
 def render_value(value: Any, context: dict[str, Any], where: str = "") -> Any:
@@ -488,4 +580,16 @@ TemplatedText = Annotated[
     str | Template,
     BeforeValidator(lambda v: compile_value(v) if isinstance(v, str) else v),
     WithJsonSchema({"type": "string", "description": "text; may hold {{ templates }}"}),
+]
+SlackText = Annotated[
+    str | Template,
+    BeforeValidator(lambda v: compile_value(v, slack_text=True) if isinstance(v, str) else v),
+    WithJsonSchema(
+        {"type": "string", "description": "Slack text; may hold {{ templates }}, whose event values are escaped"}
+    ),
+]
+SlackBlocks = Annotated[
+    Any,
+    BeforeValidator(compile_blocks),
+    WithJsonSchema({"description": "Block Kit blocks; mrkdwn text escapes the event's values"}),
 ]
