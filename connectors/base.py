@@ -119,6 +119,9 @@ class ActionType:
     prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     # Warnings about the params as a rule writes them (raw, before compiling): (path in them, message).
     lint: Callable[[dict[str, Any]], list[tuple[tuple, str]]] | None = None
+    # Calls that go to one place kept under the rate the service allows, across every process:
+    # (key, calls, in whole seconds) for the rendered params under the connector's settings; None: unpaced.
+    pace: Callable[[dict[str, Any], Any], tuple[str, int, int] | None] | None = None
     # Which rendered actions of this type may share one call (`execute_batch`): those with the same key.
     # None (the function, or its answer for one action): each goes alone.
     batch: Callable[[dict[str, Any]], str | None] | None = None

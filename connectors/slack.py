@@ -52,6 +52,19 @@ sdk_log.setLevel(logging.CRITICAL)
 RETRYABLE_ERRORS = {"ratelimited", "service_unavailable", "fatal_error", "internal_error", "request_timeout"}
 
 
+class SlackPace(StrictModel):
+    """`connectors.slack.pace`: posts to one channel, across every worker process and box."""
+
+    posts: int = Field(2, ge=0, description="At most this many posts to one channel... (0: not paced).")
+    every: PositiveDuration = Field(2, description="...in any window this long, in whole seconds.")
+
+    @model_validator(mode="after")
+    def _whole_seconds(self) -> SlackPace:
+        if self.every != int(self.every):
+            raise ValueError("every is whole seconds (1s, 2s, 1m)")
+        return self
+
+
 class SlackSettings(StrictModel):
     """`connectors.slack`: a bot token, or an incoming webhook; with neither, Slack actions run dry."""
 
@@ -59,6 +72,9 @@ class SlackSettings(StrictModel):
     webhook_url: SecretValue | None = Field(None, description="Incoming webhook URL, if there is no token.")
     base_url: str = Field("https://slack.com/api/", description="The Web API's base URL.")
     timeout: PositiveDuration = Field(15, description="For every call to Slack.")
+    pace: SlackPace = Field(
+        SlackPace(), description="Slack allows about one post per second per channel, with short bursts."
+    )
 
     @model_validator(mode="after")
     def _https(self) -> SlackSettings:
@@ -289,6 +305,14 @@ def with_layout(values: dict[str, Any]) -> dict[str, Any]:
     return {**_COMPILED[layout], **values} if layout is not None else values
 
 
+def paced(params: dict[str, Any], settings: SlackSettings) -> tuple[str, int, int] | None:
+    """Posts to one channel share its pace (an incoming webhook posts to one channel, its own)."""
+    if settings.pace.posts == 0:
+        return None
+    channel = str(params.get("channel") or "").removeprefix("#").lower() if settings.token else "webhook"
+    return f"slack:{channel}", settings.pace.posts, int(settings.pace.every)
+
+
 def unescaped(params: dict[str, Any]) -> list[tuple[tuple, str]]:
     """Where a rule's Slack text lets a value from the event through unescaped (`| safe`): `check` warns."""
     found = []
@@ -353,7 +377,7 @@ CONNECTOR = ConnectorSpec(
     settings=SlackSettings,
     client=SlackConnector,
     classify=classify,
-    actions=(ActionType(SlackPost, prepare=with_layout, lint=unescaped),),  # a repeated post shows twice
+    actions=(ActionType(SlackPost, prepare=with_layout, lint=unescaped, pace=paced),),  # a repeated post shows twice
     dry_run_notice="Slack has no credentials (connectors.slack.token or webhook_url): slack.post actions run "
     "dry, rendered and recorded but never sent.",
     refuses_credentials=refuses_credentials,

@@ -314,6 +314,13 @@ class Attempt:
 
     def _call(self, params: dict, written: tuple | None, note: str | None = None) -> Outcome:
         action = self.action
+        paced = REGISTRY.action(action.type).pace
+        if paced is not None:
+            turn = paced(params, REGISTRY.settings_of(self.runtime.config.connectors, action.type))
+            wait = self.runtime.pacer.turn(*turn) if turn is not None else 0.0
+            if wait > 0:
+                why = f"paced: {turn[1]} call(s) to {turn[0]} in {turn[2]} s already"
+                return deferred(self.runtime, action, why, delay=wait + self.runtime.rng.uniform(0, 0.5))
         meta = ActionMeta(action.id, action.event_id, action.rule)
         called = time.perf_counter()
         try:

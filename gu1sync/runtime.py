@@ -25,6 +25,7 @@ from connectors import REGISTRY, Connectors
 
 from .config import Config, ConfigError, load_config
 from .core.timeutil import Clock, utcnow
+from .pacing import Pacer
 from .queue import EventQueue
 from .storage import ActionLog, Database, SchemaMismatch, SchemaState, Store, StoreUnavailable
 from .storage.migrations import MIGRATIONS
@@ -105,6 +106,14 @@ class Runtime:
     queue: EventQueue
     connectors: Connectors = field(default_factory=Connectors)
     rng: random.Random = field(default_factory=random.Random)
+    _pacer: Pacer | None = field(default=None, repr=False)
+
+    @property
+    def pacer(self) -> Pacer:
+        """Turns for paced calls (a Slack channel's posts), shared through Redis by every process."""
+        if self._pacer is None:
+            self._pacer = Pacer(self.queue.redis, self.config.queue.name)
+        return self._pacer
 
     @property
     def config(self) -> Config:

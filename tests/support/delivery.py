@@ -32,7 +32,7 @@ connectors:
     token: "${{SLACK_TOKEN}}"
     base_url: "{slack_url}"
     timeout: 2s
-retry: {{max_attempts: 3, backoff: 50ms, max_backoff: 100ms}}
+{slack}retry: {{max_attempts: 3, backoff: 50ms, max_backoff: 100ms}}
 """
 RULES = """
 rules:
@@ -66,11 +66,19 @@ rules:
 def setup(make_config, org, workspace, redis_conn, tmp_path):
     """Build (config, app, ctx) for a channel; the worker context uses the emulators' TLS session."""
 
-    def build(channel: str = "#compliance-alerts", extra: str = "", environ: dict | None = None, salesforce: str = ""):
-        """`salesforce`: more lines of connectors.salesforce (indented by four), such as `    batch: {max: 3}`."""
-        salesforce = salesforce + "\n" if salesforce and not salesforce.endswith("\n") else salesforce
+    def build(
+        channel: str = "#compliance-alerts",
+        extra: str = "",
+        environ: dict | None = None,
+        salesforce: str = "",
+        slack: str = "    pace: {posts: 0}",
+    ):
+        """`salesforce`, `slack`: more lines of connectors.salesforce or .slack (indented by four), such as
+        `    batch: {max: 3}`. Slack's pacing is off unless a test gives its own: the tests here post
+        several messages to one channel at once, and are about something else."""
+        salesforce, slack = (part + "\n" if part and not part.endswith("\n") else part for part in (salesforce, slack))
         text = (CONNECTORS + RULES).format(
-            sf_url=org.url, slack_url=workspace.api_url, channel=channel, salesforce=salesforce
+            sf_url=org.url, slack_url=workspace.api_url, channel=channel, salesforce=salesforce, slack=slack
         ) + extra
         org.sessions.add(ENV["SF_SESSION"])
         config = make_config(text, environ={**ENV, **(environ or {})})

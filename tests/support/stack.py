@@ -41,6 +41,7 @@ connectors:
     token: "${{SLACK_TOKEN}}"
     base_url: "{slack_url}"
     timeout: {timeout}
+    pace: {pace}
 {retry}
 rules:
   - name: status-to-salesforce
@@ -86,12 +87,15 @@ class Stack:
         busy_timeout: str = "1s",
         extra: str = "",
         env: dict[str, str] | None = None,
+        pace: str = "{posts: 0}",
     ):
+        """`pace`: connectors.slack.pace; off unless a test gives one (the fault tests post dozens of
+        messages to one channel at once, and are about something else)."""
         self.redis_url = redis_url
         self.config = tmp_path / "config.yaml"
         self.config.write_text(
             config_text(redis_url, busy_timeout=busy_timeout)
-            + rules.format(sf_url=org.url, slack_url=workspace.api_url, timeout=timeout, retry=retry)
+            + rules.format(sf_url=org.url, slack_url=workspace.api_url, timeout=timeout, retry=retry, pace=pace)
             + extra
         )
         org.sessions.add(SESSION)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import re
 import threading
+import time
 from typing import Any
 
 from .base import Emulator, Request, Response
@@ -31,6 +32,11 @@ class SlackEmulator(Emulator):
         self.revoked: str | None = None  # the error every call with the token gets, once revoked
         self.webhook_removed = False
         self.archived: set[str] = set()
+        # Slack's limit on posts to one channel: about one a second, short bursts allowed. None: no limit.
+        # A token bucket per channel: (tokens a second, burst); a post without a token earns a 429.
+        self.channel_rate: tuple[float, int] | None = None
+        self._buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, when)
+        self.ratelimited = 0  # 429s answered for the channel rate
 
     def revoke(self, error: str = "token_revoked") -> None:
         """The token stops working (an admin revoked it, or the app was removed)."""
@@ -121,13 +127,31 @@ class SlackEmulator(Emulator):
             return Response(200, {"ok": False, "error": "is_archived"})
         if not body.get("text") and not body.get("blocks"):
             return Response(200, {"ok": False, "error": "no_text"})
+        if (wait := self._over_rate(channel)) is not None:
+            return Response(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(max(1, round(wait)))})
         with self._state:
             ts = f"1700000000.{next(self._ts):06d}"
-            message = {**body, "channel": channel, "ts": ts}
+            message = {**body, "channel": channel, "ts": ts, "at": time.monotonic()}
             self.messages.append(message)
         return Response(
             200, {"ok": True, "channel": channel, "ts": ts, "message": {"text": body.get("text"), "ts": ts}}
         )
+
+    def _over_rate(self, channel: str) -> float | None:
+        """None when the channel has a token for one more post (and takes it), else seconds to wait."""
+        if self.channel_rate is None:
+            return None
+        rate, burst = self.channel_rate
+        with self._state:
+            now = time.monotonic()
+            tokens, when = self._buckets.get(channel, (float(burst), now))
+            tokens = min(float(burst), tokens + (now - when) * rate)
+            if tokens < 1.0:
+                self._buckets[channel] = (tokens, now)
+                self.ratelimited += 1
+                return (1.0 - tokens) / rate
+            self._buckets[channel] = (tokens - 1.0, now)
+            return None
 
     def _webhook(self, request: Request) -> Response:
         if request.method != "POST":
