@@ -105,6 +105,17 @@ def not_ordered(params: dict[str, Any]) -> str | None:
 
 
 @dataclass(frozen=True)
+class Grouping:
+    """How actions of a type go out together as one (a rule's `group:`): what they must share, each
+    one's default line, and the one action made of them."""
+
+    together: Callable[[dict[str, Any]], str]  # what the members of a group share (a channel)
+    line: Any  # the compiled default template of a member's line
+    # (the first member's params, the members' lines, a header) -> the params of the one action
+    compose: Callable[[dict[str, Any], list[str], str, int], dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class ActionType:
     """One action type a connector carries out."""
 
@@ -122,6 +133,8 @@ class ActionType:
     # Calls that go to one place kept under the rate the service allows, across every process:
     # (key, calls, in whole seconds) for the rendered params under the connector's settings; None: unpaced.
     pace: Callable[[dict[str, Any], Any], tuple[str, int, int] | None] | None = None
+    # How a rule's `group:` makes several of these one (None: the type is never grouped).
+    group: Grouping | None = None
     # Which rendered actions of this type may share one call (`execute_batch`): those with the same key.
     # None (the function, or its answer for one action): each goes alone.
     batch: Callable[[dict[str, Any]], str | None] | None = None

@@ -3,6 +3,9 @@
 Its declaration (CONNECTOR, at the end) gives the registry its settings, `slack.post` and the
 ready-made layouts. slack-sdk's own retry handlers are turned off: a retry waits in the queue, never
 in a worker. `classify` is the one place that decides which failures are worth retrying.
+
+Long because a connector is one module, and Slack's is its client, its errors, its layout, its
+safe-by-default text, its pace and its grouped messages: each reads the others' words.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from gu1sync.core.templates import (
     compile_blocks,
     compile_value,
     is_template,
+    slack_escape,
 )
 from gu1sync.core.values import PositiveDuration, SecretValue, StrictModel
 
@@ -34,6 +38,7 @@ from .base import (
     ActionParams,
     ActionType,
     ConnectorSpec,
+    Grouping,
     Result,
     common,
     retry_after_seconds,
@@ -305,11 +310,35 @@ def with_layout(values: dict[str, Any]) -> dict[str, Any]:
     return {**_COMPILED[layout], **values} if layout is not None else values
 
 
+def _channel_key(params: dict[str, Any]) -> str:
+    return str(params.get("channel") or "").removeprefix("#").lower()
+
+
+# A grouped match's line, unless the rule's `group.line` says otherwise: the layout's one-line summary.
+GROUP_LINE = compile_value(LAYOUTS["compliance-alert"]["text"], slack_text=True)
+LINE_LENGTH = 300  # characters of one line in a group's message at most
+
+
+def compose_group(first: dict[str, Any], lines: list[str], rule: str, max_lines: int) -> dict[str, Any]:
+    """The one post of a group: a header with the count, a line per match (`max_lines` at most), and how
+    many more there were; to the channel its members share."""
+    count = len(lines)
+    shown = [line if len(line) <= LINE_LENGTH else line[: LINE_LENGTH - 1] + "…" for line in lines[:max_lines]]
+    text = "\n".join(
+        [
+            f"*{count} {'match' if count == 1 else 'matches'} of {slack_escape(rule)}*",
+            *(f"• {line}" for line in shown),
+            *([f"…and {count - len(shown)} more"] if count > len(shown) else []),
+        ]
+    )
+    return {"channel": first.get("channel"), "text": text}
+
+
 def paced(params: dict[str, Any], settings: SlackSettings) -> tuple[str, int, int] | None:
     """Posts to one channel share its pace (an incoming webhook posts to one channel, its own)."""
     if settings.pace.posts == 0:
         return None
-    channel = str(params.get("channel") or "").removeprefix("#").lower() if settings.token else "webhook"
+    channel = _channel_key(params) if settings.token else "webhook"
     return f"slack:{channel}", settings.pace.posts, int(settings.pace.every)
 
 
@@ -377,7 +406,15 @@ CONNECTOR = ConnectorSpec(
     settings=SlackSettings,
     client=SlackConnector,
     classify=classify,
-    actions=(ActionType(SlackPost, prepare=with_layout, lint=unescaped, pace=paced),),  # a repeated post shows twice
+    actions=(
+        ActionType(
+            SlackPost,
+            prepare=with_layout,
+            lint=unescaped,
+            pace=paced,
+            group=Grouping(together=_channel_key, line=GROUP_LINE, compose=compose_group),
+        ),
+    ),  # a repeated post shows twice
     dry_run_notice="Slack has no credentials (connectors.slack.token or webhook_url): slack.post actions run "
     "dry, rendered and recorded but never sent.",
     refuses_credentials=refuses_credentials,

@@ -314,6 +314,8 @@ class Attempt:
 
     def _call(self, params: dict, written: tuple | None, note: str | None = None) -> Outcome:
         action = self.action
+        if action.carries_group:
+            params, note = self._group_message(params)
         paced = REGISTRY.action(action.type).pace
         if paced is not None:
             turn = paced(params, REGISTRY.settings_of(self.runtime.config.connectors, action.type))
@@ -334,6 +336,15 @@ class Attempt:
             return failed(self.runtime, action, error)
         self.call = observe(action.type, self.connector, called, None)
         return succeeded(action, result, written, note)
+
+    def _group_message(self, params: dict) -> tuple[dict, str]:
+        """The one message of the group this action carries: its window has passed, so it is closed to
+        new members (a match from now on opens the next group), and every member gets a line."""
+        members, max_lines = self.runtime.actions.close_group(self.action.id)
+        grouping = REGISTRY.action(self.action.type).group
+        assert grouping is not None  # only a groupable type is ever grouped
+        lines = [member["group_line"] or f"event {member['event_id']}" for member in members]
+        return grouping.compose(params, lines, self.action.rule, max_lines), f"group of {len(members)}"
 
 
 def attempt(
@@ -413,6 +424,16 @@ def replay(
                 lines.append(f"{event_id}: event will be processed again (its job is {state or 'on its way'})")
         elif not dead:
             lines.append(f"{event_id}: nothing to replay (no dead actions)")
+    # A group's members go again with its first action, which carries the group's one message.
+    members = [action for action in dead if action.group_id is not None and not action.carries_group]
+    dead = [action for action in dead if action not in members]
+    for carrier_id in dict.fromkeys(member.group_id for member in members):
+        if carrier_id is not None and all(action.id != carrier_id for action in dead):
+            carrier = runtime.actions.get(carrier_id)
+            if carrier is not None and carrier.status == ActionStatus.DEAD:
+                dead.append(carrier)
+    for member in members:
+        lines.append(f"{member.id}: goes again in its group's message (action {member.group_id})")
     by_event: dict[str, list[Action]] = {}
     for action in dead:
         by_event.setdefault(action.event_id, []).append(action)

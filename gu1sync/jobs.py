@@ -165,7 +165,7 @@ def _process(rt: Runtime, event: Event, first_attempts: FirstAttempts) -> dict:
     config = rt.config
     try:
         results = evaluate(config.rules, event)
-        pending = rt.store.record_evaluation(event.id, results, config.digest)
+        recorded = rt.store.record_evaluation(event.id, results, config.digest)
     except Exception as exc:
         # Give the claim back, so the event goes again (the sweep re-queues it), or stops as `failed`
         # after a few tries.
@@ -179,6 +179,7 @@ def _process(rt: Runtime, event: Event, first_attempts: FirstAttempts) -> dict:
         )
         raise
     matched = [r.rule for r in results if r.matched]
+    pending = recorded.pending
     log.info(
         "processed event=%s type=%s config=%s matched=%s actions_pending=%d",
         event.id,
@@ -202,6 +203,11 @@ def _process(rt: Runtime, event: Event, first_attempts: FirstAttempts) -> dict:
     }
     for pending_id, action_type in pending:
         first_attempts.submit(config, pending_id, action_type, event, rendered.get(pending_id))
+    for carrier_id, action_type, delay in recorded.later:  # a group's message, once its window has passed
+        if not rt.queue.enqueue_action(
+            carrier_id, first_job(carrier_id), delay=delay, timeout=limits(config, action_type)[1]
+        ):
+            log.warning("action=%s: group message not scheduled (Redis); the sweep will queue it when due", carrier_id)
     return {"matched": matched, "pending": [pending_id for pending_id, _ in pending]}
 
 

@@ -90,6 +90,12 @@ def format_results(config: Config, event: Event, results: list[RuleResult]) -> s
                     lines.append(f"  [{action.index}] {action.type}")
                     rendered = json.dumps(action.params, indent=2, ensure_ascii=False, default=str)
                     lines += ["      " + line for line in rendered.splitlines()]
+                    if action.group_key is not None:
+                        key = action.group_key.split("\x1f")[0]
+                        lines.append(
+                            f"      grouped: one message for every match with key {key!r} within "
+                            f"{result.group_wait:g} s; its line: {action.group_line}"
+                        )
         else:
             label = "off     " if result.reason == "disabled" else "no      "
             lines.append(f"{label} {result.rule}: {result.reason}")

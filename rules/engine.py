@@ -41,6 +41,8 @@ class RenderedAction:
     type: str
     params: dict[str, Any] | None
     error: str | None = None
+    group_key: str | None = None  # the rule groups this action: which group it joins (key, and where it goes)
+    group_line: str | None = None  # its line in the group's message
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,6 +58,8 @@ class RuleResult:
     mode: str = "live"
     throttle_key: str | None = None
     throttle_window: float | None = None
+    group_wait: float | None = None  # the rule groups its Slack posts: how long a group gathers matches
+    group_max: int | None = None
     error: str | None = None  # the rule matched but its throttle key could not be rendered
     actions: list[RenderedAction] = field(default_factory=list)
 
@@ -112,7 +116,30 @@ def evaluate_rule(rule: Rule, event: Event, context: dict[str, Any] | None = Non
         # A key that comes out empty (a null id) would lump unrelated events together: no throttle then.
         result.throttle_key = str(key) if key not in (None, "") else None
     result.actions = render_actions(rule, context)
+    if rule.group is not None:
+        _grouped(rule, result, context)
     return result
+
+
+def _grouped(rule: Rule, result: RuleResult, context: dict[str, Any]) -> None:
+    """Name the group each of the rule's groupable actions joins, and render its line."""
+    assert rule.group is not None
+    result.group_wait, result.group_max = rule.group.wait, rule.group.max
+    try:
+        by = render_value(rule.group.by, context) if rule.group.by is not None else ""
+    except TemplateError as exc:
+        result.error = f"rule {rule.name!r}, group by: {exc}"
+        return
+    for action in result.actions:
+        grouping = REGISTRY.action(action.type).group
+        if grouping is None or action.error is not None or action.params is None:
+            continue
+        try:
+            action.group_line = str(render_value(rule.group.line or grouping.line, context))
+        except TemplateError as exc:
+            action.error = f"rule {rule.name!r}, action {action.index} ({action.type}), group line: {exc}"
+            continue
+        action.group_key = f"{'' if by is None else by}\x1f{grouping.together(action.params)}"
 
 
 def evaluate(rules: list[Rule], event: Event) -> list[RuleResult]:

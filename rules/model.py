@@ -32,6 +32,48 @@ class Throttle(StrictModel):
         return compile_value(value)
 
 
+class Group(StrictModel):
+    """Matches that share a key within `wait` go out as one message (Alertmanager's grouping): a header
+    with the count, one line per match, and "...and N more" past `max`. Each match is still an action
+    of its own, recorded and traceable to the message that carried it. Only Slack posts are grouped;
+    the rule's other actions run for every match as usual."""
+
+    by: Annotated[
+        Any,
+        Field(
+            description="A template: matches with the same value share a message, e.g. "
+            "{{ payload.status }}. Without it, every match of the rule (per channel) does."
+        ),
+    ] = None
+    wait: PositiveDuration = Field(30, description="How long a group gathers matches after its first one.")
+    max: int = Field(50, ge=1, le=100, description="Lines in the message at most; past them, '...and N more'.")
+    line: Annotated[
+        Any,
+        Field(
+            description="A template: one match's line (default: who, external id, what changed, "
+            "why). Values from the event are escaped for Slack."
+        ),
+    ] = None
+
+    @field_validator("by", mode="before")
+    @classmethod
+    def _compile_by(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError("by is a template such as {{ payload.status }}")
+        return compile_value(value)
+
+    @field_validator("line", mode="before")
+    @classmethod
+    def _compile_line(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("line is a template such as {{ entity.name }} ({{ entity.externalId }})")
+        return compile_value(value, slack_text=True)
+
+
 class RetrySettings(StrictModel):
     """How a failed action is retried: exponential back-off with jitter, bounded."""
 
@@ -61,6 +103,7 @@ class Rule(StrictModel):
         None, description="Conditions; a list means all of them.", json_schema_extra=many_means_all
     )
     throttle: Throttle | None = None
+    group: Group | None = Field(None, description="Slack posts of matches that share a key, as one message.")
     retry: RetrySettings | None = Field(None, description="Overrides the top-level retry: for this rule's actions.")
     actions: Annotated[list[Action], Field(min_length=1)]
 

@@ -78,7 +78,7 @@ def test_an_inline_attempt_holds_its_lease_until_after_the_job_would_be_stopped(
     event = post(app, status_changed("customer_l", "active", "under_review", "2025-01-08T09:00:00Z"))["id"]
     ctx.store.claim(event)
     [(action_id, action_type)] = [
-        pair for pair in ctx.store.record_evaluation(event, _evaluate(config, ctx, event), config.digest)
+        pair for pair in ctx.store.record_evaluation(event, _evaluate(config, ctx, event), config.digest).pending
     ]
     org.stall(r"/sobjects/Contact/", 0.6)
     seen: list[str] = []
@@ -193,7 +193,7 @@ def test_a_job_that_runs_ahead_of_its_attempts_waits_for_one_in_flight(setup, or
         event = ctx.store.claim(event_id)
         [(action_id, action_type)] = ctx.store.record_evaluation(
             event_id, _evaluate(config, ctx, event_id), config.digest
-        )
+        ).pending
         first_attempts.submit(config, action_id, action_type, event)
         # It keeps only what is in flight, never more than two per thread: it waited, and on those in
         # flight only (waiting on a list that holds a finished one returns at once: a busy loop).

@@ -94,7 +94,15 @@ def _check_rule(
                     f'source "{source_name}" is {source.environment}, so this rule can never match',
                 )
             )
-    for n, action in enumerate(rule.get("actions") if isinstance(rule.get("actions"), list) else []):
+    actions = rule.get("actions") if isinstance(rule.get("actions"), list) else []
+    kinds_of_actions = [next(iter(a)) for a in actions if isinstance(a, dict) and len(a) == 1]
+    groupable = [kind for kind in kinds_of_actions if kind in REGISTRY.actions and REGISTRY.action(kind).group]
+    if isinstance(rule.get("group"), dict) and actions and not groupable:
+        known = ", ".join(name for name, declared in REGISTRY.actions.items() if declared.group is not None)
+        problems.append(
+            doc.problem((*here, "group"), f"group: gathers {known} actions into one message; this rule has none")
+        )
+    for n, action in enumerate(actions):
         if isinstance(action, dict) and len(action) == 1:
             [(kind, params)] = action.items()
             declared = REGISTRY.actions.get(kind)

@@ -126,12 +126,19 @@ class Action:
     finished_at: str | None = None
     config_version: str | None = None
     alerted_at: str | None = None  # when the ops channel was told of it as a dead letter
+    group_id: str | None = None  # the group whose one message carries it: the id of the group's first action
+    group_line: str | None = None  # its line in that message
     interrupted: bool = False  # set by a claim: the previous attempt's worker died during it
 
     @property
     def attempts_since_replay(self) -> int:
         """Attempts that count against the retry policy."""
         return self.attempts - self.retry_base
+
+    @property
+    def carries_group(self) -> bool:
+        """It is the first of a group: its attempts post the group's one message."""
+        return self.group_id is not None and self.group_id == self.id
 
     @property
     def holder(self) -> str:

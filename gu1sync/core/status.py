@@ -32,6 +32,7 @@ class ActionStatus(StrEnum):
     PENDING = "pending"  # recorded, its first attempt not made yet
     RUNNING = "running"  # an attempt holds it under a lease
     RETRYING = "retrying"  # failed in a way worth retrying: waits for its next attempt
+    GROUPED = "grouped"  # waits to go out in its group's message (the group's first action carries it)
     DONE = "done"
     DEAD = "dead"  # a dead letter: failed for good, kept with its request and attempts for `replay`
     SKIPPED = "skipped"  # stale: a newer event already wrote everything it would write
@@ -52,7 +53,9 @@ class ActionStatus(StrEnum):
 
 
 FINAL_ACTION_STATUSES = frozenset({ActionStatus.DONE, ActionStatus.DEAD, ActionStatus.SKIPPED, ActionStatus.DRY_RUN})
-IN_FLIGHT_ACTION_STATUSES = frozenset({ActionStatus.PENDING, ActionStatus.RUNNING, ActionStatus.RETRYING})
+IN_FLIGHT_ACTION_STATUSES = frozenset(
+    {ActionStatus.PENDING, ActionStatus.RUNNING, ActionStatus.RETRYING, ActionStatus.GROUPED}
+)
 NOT_SENT_ACTION_STATUSES = frozenset(
     {ActionStatus.SHADOW, ActionStatus.THROTTLED, ActionStatus.SKIPPED, ActionStatus.DRY_RUN}
 )

@@ -4,6 +4,7 @@
 - `migrations`: the schema, append only;
 - `events`: accepted events, deliveries, rejections, rule results and throttle windows (`Store`);
 - `actions`: actions, attempts, leases and the order of writes per record (`ActionLog`);
+- `groups`: actions whose one message goes out together (a rule's `group:`);
 - `retention`: purging personal data, by age or by data subject;
 - `reports`: what the operator commands read; `groupcommit`: the receiver's shared commits.
 """

@@ -16,6 +16,7 @@ from typing import Any
 from ..core.records import Action
 from ..core.status import IN_FLIGHT_ACTION_STATUSES, NOT_SENT_ACTION_STATUSES, ActionStatus, AttemptOutcome
 from ..core.timeutil import iso
+from . import groups
 from .counting import CallReport
 from .events import Store
 
@@ -210,7 +211,25 @@ class ActionLog:
             return False
         if written is not None:
             self._advance(conn, *written)
+        if action.carries_group and ActionStatus(status).final:
+            groups.end_members(
+                conn,
+                action.id,
+                status=status,
+                result=result,
+                error=error,
+                error_code=error_code,
+                status_code=status_code,
+                now=now,
+            )
         return True
+
+    # -- groups ---------------------------------------------------------------------------------------
+
+    def close_group(self, carrier: str) -> tuple[list[dict], int]:
+        """Close a group to new members and return them with the most lines its message shows (see groups.close)."""
+        with self.store.transaction() as conn:
+            return groups.close(conn, carrier)
 
     # -- ordering -------------------------------------------------------------------------------------
 
@@ -293,8 +312,10 @@ class ActionLog:
 
     def reset(self, action_id: str, params: dict[str, Any], config_version: str) -> bool:
         """Make a dead action pending again, with freshly rendered params and a fresh set of retries;
-        False if it is not dead."""
+        False if it is not dead. A group's first action takes the members it carried back with it: they
+        wait for its message again."""
         with self.store.transaction() as conn:
+            groups.regroup(conn, action_id, self.now)
             cursor = conn.execute(
                 """UPDATE actions SET status = ?, params = ?, error = NULL, error_code = NULL, alerted_at = NULL,
                           next_attempt_at = NULL,

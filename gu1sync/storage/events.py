@@ -11,6 +11,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from ..core.records import Event, action_id, first_job
 from ..core.status import ActionStatus, EventOutcome, EventStatus
 from ..core.timeutil import Clock, iso, utcnow
 from ..kinds import payload_of
+from . import groups
 from .counting import count
 from .database import Database
 
@@ -27,6 +29,15 @@ if TYPE_CHECKING:
 
 STALE_CLAIM = 120  # seconds: a `processing` claim older than this belongs to a worker that died
 EVENT_ATTEMPTS = 5  # an event whose processing fails this many times is left `failed`, for replay
+
+
+@dataclass
+class Recorded:
+    """What recording an event's evaluation left to do."""
+
+    pending: list[tuple[str, str]] = field(default_factory=list)  # (action id, type): first attempts due now
+    # (action id, type, seconds): groups' first actions, whose message goes when their window closes
+    later: list[tuple[str, str, float]] = field(default_factory=list)
 
 
 def event_from_row(row: dict[str, Any]) -> Event:
@@ -219,15 +230,17 @@ class Store:
             )
             return cursor.rowcount == 1
 
-    def record_evaluation(self, event_id: str, results: list[RuleResult], config_version: str) -> list[tuple[str, str]]:
+    def record_evaluation(self, event_id: str, results: list[RuleResult], config_version: str) -> Recorded:
         """Record what each rule made of an event and its actions, and finish the event; one transaction.
 
-        Live actions are stored `pending` (their (id, type) pairs are returned), shadow ones `shadow`, those of
-        a throttled rule `throttled`, and those that could not be rendered `dead`. Recording twice
-        changes nothing that was recorded the first time.
+        Live actions are stored `pending` (their first attempts are due now: `Recorded.pending`), shadow
+        ones `shadow`, those of a throttled rule `throttled`, and those that could not be rendered `dead`.
+        An action of a grouping rule joins its open group (`grouped`), or opens one: it is then the
+        group's first action, whose attempt, once the group's window has passed, posts the group's one
+        message (`Recorded.later`). Recording twice changes nothing that was recorded the first time.
         """
         now = self.clock()
-        pending = []
+        recorded = Recorded()
         with self.transaction() as conn:
             for result in results:
                 conn.execute(
@@ -256,18 +269,36 @@ class Store:
                     conn, result.rule, result.throttle_key, result.throttle_window or 0, event_id, now
                 )
                 for action in result.actions:
+                    identifier = action_id(event_id, result.rule, action.index)
+                    if conn.execute("SELECT 1 FROM actions WHERE id = ?", (identifier,)).fetchone():
+                        continue  # recorded before: this is the same event's evaluation again
                     if action.error is not None:
                         status = ActionStatus.DEAD
                     elif throttled:
                         status = ActionStatus.THROTTLED
                     else:
                         status = ActionStatus.SHADOW if result.mode == "shadow" else ActionStatus.PENDING
-                    identifier = action_id(event_id, result.rule, action.index)
-                    cursor = conn.execute(
+                    group_id, next_at = None, None
+                    if status == ActionStatus.PENDING and action.group_key is not None:
+                        group_id = groups.join(
+                            conn,
+                            identifier,
+                            result.rule,
+                            action.index,
+                            action.group_key,
+                            wait=result.group_wait or 0,
+                            max_lines=result.group_max or 50,
+                            now=now,
+                        )
+                        if group_id == identifier:  # it opened the group: it goes when the window closes
+                            next_at = now + timedelta(seconds=result.group_wait or 0)
+                        else:
+                            status = ActionStatus.GROUPED
+                    conn.execute(
                         """INSERT INTO actions (id, event_id, rule, action_index, type, mode, params, status, error,
-                                                error_code, attempts, created_at, updated_at, config_version, job_id)
-                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)
-                           ON CONFLICT(id) DO NOTHING""",
+                                                error_code, attempts, created_at, updated_at, config_version, job_id,
+                                                group_id, group_line, next_attempt_at)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)""",
                         (
                             identifier,
                             event_id,
@@ -283,10 +314,15 @@ class Store:
                             iso(now),
                             config_version,
                             first_job(identifier) if status == ActionStatus.PENDING else None,
+                            group_id,
+                            action.group_line if group_id is not None else None,
+                            iso(next_at) if next_at is not None else None,
                         ),
                     )
-                    if cursor.rowcount == 1 and status == ActionStatus.PENDING:
-                        pending.append((identifier, action.type))
+                    if status == ActionStatus.PENDING and next_at is not None:
+                        recorded.later.append((identifier, action.type, (next_at - now).total_seconds()))
+                    elif status == ActionStatus.PENDING:
+                        recorded.pending.append((identifier, action.type))
             matched = any(result.matched for result in results)
             conn.execute(
                 """UPDATE events SET status = ?, outcome = ?, error = NULL, finished_at = ?, config_version = ?
@@ -299,7 +335,7 @@ class Store:
                     event_id,
                 ),
             )
-        return pending
+        return recorded
 
     @staticmethod
     def _take_throttle(

@@ -230,5 +230,30 @@ def _migration_6(db: sqlite_utils.Database) -> None:
     db["actions"].create_index(["status", "rule", "type"])
 
 
+def _migration_7(db: sqlite_utils.Database) -> None:
+    # Grouped alerts: matches of a rule with `group:` that share a key within its window go out as one
+    # message, carried by the group's first action; each member keeps its own row and its line.
+    db["action_groups"].create(
+        {
+            "id": str,  # the carrier: the group's first action
+            "rule": str,
+            "action_index": int,
+            "key": str,
+            "opened_at": str,
+            "closes_at": str,
+            "status": str,  # open (matches join it), closed (its message is being sent, or was)
+            "members": int,
+            "max_lines": int,
+        },
+        pk="id",
+        not_null={"rule", "action_index", "key", "opened_at", "closes_at", "status", "members", "max_lines"},
+    )
+    db["action_groups"].create_index(["rule", "action_index", "key", "status"])
+    db["action_groups"].create_index(["closes_at"])
+    db["actions"].add_column("group_id", str)
+    db["actions"].add_column("group_line", str)
+    db.execute("CREATE INDEX idx_actions_group_id ON actions (group_id) WHERE group_id IS NOT NULL")
+
+
 # Append only: each entry moves the file from user_version N to N + 1.
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6]
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7]

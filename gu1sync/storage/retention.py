@@ -107,11 +107,18 @@ def _redact(conn: sqlite3.Connection, ids: list[str], now: datetime, erase: bool
         ids,
     ).rowcount
     done.actions = conn.execute(
-        f"""UPDATE actions SET params = NULL, error = NULL,
+        f"""UPDATE actions SET params = NULL, error = NULL, group_line = NULL,
                   status = CASE WHEN status = '{DEAD}' THEN '{PURGED}' ELSE status END
-            WHERE event_id IN ({marks}) AND (params IS NOT NULL OR error IS NOT NULL OR status = '{DEAD}')""",
+            WHERE event_id IN ({marks})
+              AND (params IS NOT NULL OR error IS NOT NULL OR group_line IS NOT NULL OR status = '{DEAD}')""",
         ids,
     ).rowcount
+    # A group's key is rendered from its first event (an entity id, a status): it goes with that event.
+    conn.execute(
+        f"""DELETE FROM action_groups
+            WHERE status = 'closed' AND id IN (SELECT id FROM actions WHERE event_id IN ({marks}))""",
+        ids,
+    )
     done.marks = conn.execute(f"DELETE FROM record_versions WHERE event_id IN ({marks})", ids).rowcount
     if erase:
         done.marks += conn.execute(f"DELETE FROM throttles WHERE event_id IN ({marks})", ids).rowcount
