@@ -3,13 +3,24 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test check venv dev-venv lint bench clean
+.PHONY: run test check venv dev-venv browser lint bench clean
 
 run: venv
 	./gu1-sync run
 
-test: dev-venv
+test: dev-venv browser
 	$(BIN)/python -m pytest
+
+# The console's browser tests drive Debian's chromium: installed here where we can (root, apt), else
+# they are skipped, and the run says so.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (apt) for the console's browser tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+		|| { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } \
+		|| echo "could not install chromium: the browser tests will be skipped"; \
+	else echo "chromium is not installed (as root: apt-get install chromium): the browser tests will be skipped"; fi
 
 check: venv
 	./gu1-sync check

@@ -133,7 +133,7 @@ class Runtime:
         cls,
         config: Config,
         *,
-        role: Literal["receiver", "worker"],
+        role: Literal["receiver", "worker", "console"],
         clock: Clock = utcnow,
         connectors: Connectors | None = None,
         redis: Redis | None = None,

@@ -87,9 +87,19 @@ def local_redis_url(var_dir: Path) -> str:
 class Supervisor:
     """Starts the children, shows their output, watches them, and stops them in order."""
 
-    def __init__(self, config_path: str, bind: str, processes: int, var_dir: Path):
+    def __init__(
+        self,
+        config_path: str,
+        bind: str,
+        processes: int,
+        var_dir: Path,
+        console_bind: str | None = None,
+        console_default: str = "127.0.0.1:8001",
+    ):
         self.config_path = config_path
         self.bind = bind
+        self.console_bind = console_bind
+        self.console_default = console_default
         self.processes = processes
         self.var_dir = var_dir
         self.children: list[tuple[str, subprocess.Popen]] = []
@@ -160,7 +170,13 @@ class Supervisor:
         self.children.append(("receiver", self._spawn("receiver", [*base, "serve", "--bind", self.bind])))
         workers = [*base, "worker", "--processes", str(self.processes)]
         self.children.append(("workers", self._spawn("workers", workers)))
+        console = [*base, "console", *(["--bind", self.console_bind] if self.console_bind else [])]
+        self.children.append(("console", self._spawn("console", console)))
         log.info("gu1-sync is running: webhooks at http://%s/webhooks/<source>; Ctrl-C stops it", self.bind)
+        log.info(
+            "the console is at http://%s/ (make an account: ./gu1-sync console-user add NAME --role operator)",
+            self.console_bind or self.console_default,
+        )
         status = 0
         while not self.stopping:
             for name, process in self.children:

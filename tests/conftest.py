@@ -32,8 +32,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         choice.server.cleanup()
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    return config.gu1sync_redis.describe()  # type: ignore[attr-defined]
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    browser = (
+        f"browser: {chromium} (the console's browser tests)"
+        if chromium
+        else "browser: none: the console's browser tests are SKIPPED (as root: apt-get install chromium)"
+    )
+    return [config.gu1sync_redis.describe(), browser]  # type: ignore[attr-defined]
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001

@@ -82,6 +82,8 @@ def test_the_systemd_units_run_gu1_sync_as_the_readme_says_and_stop_gracefully(p
     stop = float(values["TimeoutStopSec"][0])
     if given["command"] == "worker":
         assert stop > event_job_limit(default_config())  # the job in hand finishes before systemd kills
+    elif given["command"] == "console":
+        assert given["bind"] == default_config().console.bind  # loopback: a proxy or a tunnel in front
     else:
         assert given["command"] == "serve" and stop > 20  # gunicorn's graceful timeout
         # Enough threads that stalled clients cannot take them all (the default, measured in bench/).
@@ -91,17 +93,17 @@ def test_the_systemd_units_run_gu1_sync_as_the_readme_says_and_stop_gracefully(p
 def test_compose_dockerfile_and_units_agree():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "receiver", "workers"}
+    assert set(services) == {"redis", "receiver", "workers", "console"}
     assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     build = services["receiver"]["build"]
     assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == (DEPLOY / "Dockerfile").resolve()
     assert services["workers"]["image"] == services["receiver"]["image"]
     image_env = dict(re.findall(r"(GU1_SYNC_\w+)=(\S+)", dockerfile))
-    for name in ("receiver", "workers"):
+    for name in ("receiver", "workers", "console"):
         service = services[name]
         given = parses(service["command"])
-        assert given["command"] == {"receiver": "serve", "workers": "worker"}[name]
+        assert given["command"] == {"receiver": "serve", "workers": "worker", "console": "console"}[name]
         env = service["environment"]
         assert env["REDIS_URL"].startswith("redis://redis:")
         data = str(Path(env["GU1_SYNC_DB"]).parent)
@@ -110,6 +112,7 @@ def test_compose_dockerfile_and_units_agree():
         assert service["env_file"] == ".env"
     assert int(services["workers"]["stop_grace_period"].rstrip("s")) > event_job_limit(default_config())
     assert services["receiver"]["ports"] == ["127.0.0.1:8000:8000"]
+    assert services["console"]["ports"] == ["127.0.0.1:8001:8001"]  # never the internet
     assert parses(services["receiver"]["command"])["bind"] == "0.0.0.0:8000"
     assert re.search(r"^FROM python:3\.11", dockerfile, re.M)
     assert "pip install --no-cache-dir -r requirements.txt" in dockerfile

@@ -92,6 +92,8 @@ def test_the_wheel_holds_the_code_and_not_the_tests(wheel):
     assert "app.py" in names
     for module in ("gu1sync/cli/__init__.py", "gu1sync/core/records.py", "rules/engine.py", "connectors/slack.py"):
         assert module in names
+    # The console's pages and style sheet, which are not Python.
+    assert "gu1sync/console/templates/event.html" in names and "gu1sync/console/static/console.css" in names
     assert not [name for name in names if name.startswith("tests/")]
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
     assert "gu1-sync = gu1sync.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

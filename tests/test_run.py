@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from datetime import datetime
 
 import pytest
@@ -51,8 +52,20 @@ def start_run(tmp_path, connectors: str = "", env: dict | None = None) -> tuple[
     (tmp_path / "config.yaml").write_text(CONFIG.format(connectors=connectors))
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if k not in ("RUN_TEST_GU1_SECRET", "REDIS_URL")}
+    console = f"127.0.0.1:{free_port()}"
+    (tmp_path / "console-address").write_text(console)
     process = subprocess.Popen(
-        [sys.executable, "app.py", "--config", str(tmp_path / "config.yaml"), "run", "--bind", f"127.0.0.1:{port}"],
+        [
+            sys.executable,
+            "app.py",
+            "--config",
+            str(tmp_path / "config.yaml"),
+            "run",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--console-bind",
+            console,
+        ],
         cwd=ROOT,
         env={**environ, **(env or {})},
         stdout=subprocess.PIPE,
@@ -60,6 +73,13 @@ def start_run(tmp_path, connectors: str = "", env: dict | None = None) -> tuple[
         text=True,
     )
     return process, port
+
+
+def _get(url: str):
+    try:
+        return urllib.request.urlopen(url, timeout=5)  # noqa: S310 - our own console on loopback
+    except OSError:
+        return None
 
 
 def send_test(tmp_path, port: int, event_type: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -103,6 +123,9 @@ def test_run_brings_everything_up_dry_and_send_test_shows_the_event(tmp_path):
         assert '"Status__c": "blocked"' in text  # the rendered request is shown
         assert (tmp_path / "var" / "redis" / "appendonlydir").is_dir()  # our Redis, with AOF, under ./var
         assert (tmp_path / "var" / "redis" / "redis.sock").exists()
+        console = (tmp_path / "console-address").read_text()
+        sign_in = wait_until(lambda: _get(f"http://{console}/sign-in"), what="the console")
+        assert sign_in.status == 200 and "Sign in" in sign_in.read().decode()
     finally:
         process.send_signal(signal.SIGINT)  # what Ctrl-C does
         output, _ = process.communicate(timeout=60)
@@ -111,6 +134,7 @@ def test_run_brings_everything_up_dry_and_send_test_shows_the_event(tmp_path):
     assert output.count("Slack has no credentials") == 1
     assert output.count("ops.slack is not configured: gu1-sync will not tell anyone when it breaks") == 1
     assert "workers stopped" in output and "receiver stopped" in output and "redis stopped" in output
+    assert f"the console is at http://{console}/" in output and "console stopped" in output
     assert "receiver | " in output and "workers  | " in output  # every line says whose it is
     assert "rq.worker: Worker" not in output  # RQ's own chatter stays out of the terminal
     assert (tmp_path / "var" / "secrets.env").read_text().split("=", 1)[1].strip() not in output

@@ -4,12 +4,13 @@ commands share are in `common`; the commands, one module per family:
 - `service`: run, serve, worker, sweep;
 - `rules`: check, simulate, schema;
 - `inspect`: events, show, failed, replay, stats, alerts, doctor, send-test;
-- `data`: backup, purge.
+- `data`: backup, purge;
+- `console`: console, console-user.
 """
 
 from __future__ import annotations
 
-from . import data, inspect, rules, service  # noqa: F401 - each module adds its commands to the group
+from . import console, data, inspect, rules, service  # noqa: F401 - each module adds its commands to the group
 from .common import cli
 
 

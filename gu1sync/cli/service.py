@@ -103,9 +103,11 @@ def sweep(ctx: click.Context) -> None:
 @cli.command()
 @click.option("--bind", default="127.0.0.1:8000", show_default=True, help="Address the receiver listens on.")
 @click.option("--processes", default=2, show_default=True, help="Worker processes.")
+@click.option("--console-bind", default=None, help="Address the web console listens on (default: console.bind).")
 @click.pass_context
-def run(ctx: click.Context, bind: str, processes: int) -> None:
-    """Run everything on this box: Redis (unless REDIS_URL is set), the receiver, the workers. Ctrl-C stops it."""
+def run(ctx: click.Context, bind: str, processes: int, console_bind: str | None) -> None:
+    """Run everything on this box: Redis (unless REDIS_URL is set), the receiver, the workers, the web console.
+    Ctrl-C stops it."""
     from ..supervisor import Supervisor, ensure_dev_secrets, local_redis_url, secret_variables
 
     var_dir = Path(ctx.obj["config_path"]).resolve().parent / "var"
@@ -122,4 +124,7 @@ def run(ctx: click.Context, bind: str, processes: int) -> None:
         )
     config = config_of(ctx)
     own_redis = own_redis and config.queue.redis_url == os.environ["REDIS_URL"]
-    sys.exit(Supervisor(ctx.obj["config_path"], bind, processes, var_dir).run(config.queue.redis_url, own_redis))
+    supervisor = Supervisor(
+        ctx.obj["config_path"], bind, processes, var_dir, console_bind=console_bind, console_default=config.console.bind
+    )
+    sys.exit(supervisor.run(config.queue.redis_url, own_redis))

@@ -172,6 +172,38 @@ class MetricsSettings(StrictModel):
     token: SecretValue | None = Field(None, description="When set, a scrape must send Authorization: Bearer <it>.")
 
 
+class ConsoleProxy(StrictModel):
+    """Trust the user name an authenticating proxy (oauth2-proxy style) puts in a header: only from these
+    addresses, and only when this section is there."""
+
+    header: str = Field("X-Forwarded-User", description="The header that names the signed-in user.")
+    addresses: Annotated[list[Annotated[str, AfterValidator(_network)]], Field(min_length=1)] = Field(
+        description="The proxy's addresses (or networks); the header from anywhere else is ignored."
+    )
+    role: Literal["viewer", "operator"] = Field(
+        "viewer", description="The role of a user the console has no account for (an account's own role wins)."
+    )
+
+
+class ConsoleLockout(StrictModel):
+    """Sign-ins refused for a while after repeated failures."""
+
+    attempts: int = Field(5, ge=1, le=100, description="Failed sign-ins in a row that lock an account...")
+    duration: PositiveDuration = Field(900, description="...for this long.")
+
+
+class ConsoleSettings(StrictModel):
+    """`gu1-sync console`: the web console for ops and compliance staff."""
+
+    bind: str = Field("127.0.0.1:8001", description="Address it listens on; never the receiver's port.")
+    secret_key: SecretValue | None = Field(
+        None, description="Signs the session cookies; without it, a random key per start (everyone signs in again)."
+    )
+    session_lifetime: PositiveDuration = Field(8 * 3600, description="A sign-in lasts this long.")
+    lockout: ConsoleLockout = ConsoleLockout()
+    proxy: ConsoleProxy | None = Field(None, description="Sign-in by an authenticating proxy in front.")
+
+
 class Config(StrictModel):
     """config.yaml, validated."""
 
@@ -191,6 +223,7 @@ class Config(StrictModel):
         OpsSettings(), description="Operational alerts: gu1-sync telling its operators when it breaks."
     )
     metrics: MetricsSettings = Field(MetricsSettings(), description="GET /metrics, for Prometheus.")
+    console: ConsoleSettings = Field(ConsoleSettings(), description="The web console (`gu1-sync console`).")
     rules: list[Rule] = Field([], description="What to do with events; see README, Rules.")
     tests: Annotated[
         Annotated[list[ConfigTest], Tag("list")] | Annotated[str, Tag("file")],

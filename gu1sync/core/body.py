@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 _LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -58,3 +59,37 @@ def _mend(value: Any) -> Any:
 def body_digest(raw: bytes) -> str:
     """The fallback identity of an event: what was signed, byte for byte."""
     return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+# The keys that hold an id: id, entityId, externalId, session_id, taxID.
+ID_KEY = re.compile(r"^(?:id|Id|ID)$|[_-](?:id|ID)$|[a-z0-9]I[dD]$")
+MAX_KEYS = 100  # ids kept per event for finding it: a payload with more is not about a few things
+MAX_KEY_LENGTH = 256
+
+
+def id_values(document: Any) -> Iterator[str]:
+    """The value of every id field (`id`, `entityId`, `externalId`...) anywhere in a parsed body."""
+    pending = [document]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, str | int) and not isinstance(value, bool):
+                    if isinstance(key, str) and ID_KEY.search(key) and str(value).strip():
+                        yield str(value).strip()
+                elif isinstance(value, dict | list):
+                    pending.append(value)
+        elif isinstance(node, list):
+            pending.extend(node)
+
+
+def search_keys(raw: bytes | Any) -> list[str]:
+    """The ids a stored event can be found by (a raw body, or one already parsed): at most MAX_KEYS of
+    them, none longer than MAX_KEY_LENGTH; none when the body is not JSON."""
+    if isinstance(raw, bytes | bytearray | memoryview):
+        try:
+            raw = parse_json(bytes(raw))
+        except ValueError:
+            return []
+    found = dict.fromkeys(value for value in id_values(raw) if len(value) <= MAX_KEY_LENGTH)
+    return list(found)[:MAX_KEYS]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from ..core.body import parse_json
+from ..core.body import parse_json, search_keys
 from ..core.records import Event, action_id, first_job
 from ..core.status import ActionStatus, EventOutcome, EventStatus
 from ..core.timeutil import Clock, iso, utcnow
@@ -121,6 +121,12 @@ class Store:
                     ),
                 )
                 new = cursor.rowcount == 1
+                if new:  # the ids it can be found by (the console's search)
+                    keys = dict.fromkeys([*([event.subject] if event.subject else []), *search_keys(event.payload)])
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO event_keys (key, event_id) VALUES (?, ?)",
+                        [(key, event.id) for key in keys],
+                    )
                 outcome = "invalid" if event.status == EventStatus.INVALID else "accepted" if new else "duplicate"
                 labels = {"source": event.source, "type": (event.type or "-")[:100], "outcome": outcome}
                 count(conn, "events_received", labels)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sqlite_utils
 
+from ..core.body import search_keys
+
 
 def _migration_1(db: sqlite_utils.Database) -> None:
     db["events"].create(
@@ -255,5 +257,60 @@ def _migration_7(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_actions_group_id ON actions (group_id) WHERE group_id IS NOT NULL")
 
 
+def _migration_8(db: sqlite_utils.Database) -> None:
+    # The web console: its accounts (a password hash, a role, failed sign-ins and a lock), and the audit
+    # log of who signed in and who re-sent what.
+    db["console_users"].create(
+        {
+            "name": str,
+            "role": str,
+            "password_hash": str,
+            "created_at": str,
+            "failed_signins": int,
+            "locked_until": str,
+            "last_signin_at": str,
+        },
+        pk="name",
+        not_null={"role", "password_hash", "created_at", "failed_signins"},
+        defaults={"failed_signins": 0},
+    )
+    db["console_audit"].create(
+        {"id": int, "at": str, "user": str, "action": str, "target": str, "detail": str, "address": str},
+        pk="id",
+        not_null={"at", "user", "action"},
+    )
+    db["console_audit"].create_index(["at"])
+    # Every id an event carries (an entity id, an external id, a validation or evaluation id), for finding
+    # it by any of them; filled as events are stored, and here for those stored before.
+    db["event_keys"].create({"key": str, "event_id": str}, pk=("key", "event_id"))
+    db["event_keys"].create_index(["event_id"])
+    after = ""
+    while True:
+        rows = db.execute(
+            "SELECT id, raw, subject FROM events WHERE id > ? AND purged_at IS NULL ORDER BY id LIMIT 1000", (after,)
+        ).fetchall()
+        for event_id, raw, subject in rows:
+            keys = set(search_keys(raw))
+            if subject:
+                keys.add(subject)
+            db.conn.executemany(
+                "INSERT OR IGNORE INTO event_keys (key, event_id) VALUES (?, ?)", [(key, event_id) for key in keys]
+            )
+        if len(rows) < 1000:
+            break
+        after = rows[-1][0]
+    # How often each rule matched lately (the console's rules page).
+    db["evaluations"].create_index(["evaluated_at"])
+
+
 # Append only: each entry moves the file from user_version N to N + 1.
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7]
+MIGRATIONS = [
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+    _migration_5,
+    _migration_6,
+    _migration_7,
+    _migration_8,
+]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -28,8 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..core.body import parse_json
-from ..core.status import ActionStatus, EventStatus
+from ..core.body import ID_KEY, parse_json
+from ..core.status import IN_FLIGHT_ACTION_STATUSES, ActionStatus, EventStatus
 from ..core.timeutil import iso
 from .database import StoreUnavailable
 from .events import Store
@@ -37,16 +36,15 @@ from .events import Store
 log = logging.getLogger(__name__)
 
 DONE, INVALID = EventStatus.DONE, EventStatus.INVALID
-PENDING, RUNNING, RETRYING = ActionStatus.PENDING, ActionStatus.RUNNING, ActionStatus.RETRYING
 DEAD, PURGED = ActionStatus.DEAD, ActionStatus.PURGED  # a purged dead letter can no longer be replayed
 RUN_EVERY = 3600.0  # seconds between the workers' retention runs (one run for all of them)
 BATCH = 200  # events per write transaction: the receiver never waits long for the lock
 PAGE = 1000  # candidate events read at a time
 SUBJECT_LENGTH = (4, 256)
-_ID_KEY = re.compile(r"^(?:id|Id|ID)$|[_-](?:id|ID)$|[a-z0-9]I[dD]$")  # id, entityId, session_id, taxID
 
+_UNFINISHED = ", ".join(f"'{status}'" for status in sorted(IN_FLIGHT_ACTION_STATUSES))
 _FINISHED = f"""e.status IN ('{DONE}', '{INVALID}') AND NOT EXISTS (
-    SELECT 1 FROM actions a WHERE a.event_id = e.id AND a.status IN ('{PENDING}', '{RUNNING}', '{RETRYING}'))"""
+    SELECT 1 FROM actions a WHERE a.event_id = e.id AND a.status IN ({_UNFINISHED}))"""
 _ACTIVE_SINCE = """(COALESCE(e.finished_at, '') >= :cutoff
     OR EXISTS (SELECT 1 FROM actions a WHERE a.event_id = e.id AND a.updated_at >= :cutoff))"""
 
@@ -120,6 +118,7 @@ def _redact(conn: sqlite3.Connection, ids: list[str], now: datetime, erase: bool
         ids,
     )
     done.marks = conn.execute(f"DELETE FROM record_versions WHERE event_id IN ({marks})", ids).rowcount
+    conn.execute(f"DELETE FROM event_keys WHERE event_id IN ({marks})", ids)  # the ids it could be found by
     if erase:
         done.marks += conn.execute(f"DELETE FROM throttles WHERE event_id IN ({marks})", ids).rowcount
     return done
@@ -210,7 +209,7 @@ def mentions(document: Any, subject: str) -> bool:
     if isinstance(document, dict):
         for key, value in document.items():
             if isinstance(value, str | int) and not isinstance(value, bool):
-                if isinstance(key, str) and _ID_KEY.search(key) and str(value).strip() == subject:
+                if isinstance(key, str) and ID_KEY.search(key) and str(value).strip() == subject:
                     return True
             elif mentions(value, subject):
                 return True

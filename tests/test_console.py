@@ -1,0 +1,303 @@
+"""The web console through Flask's test client: every page, each role, and every refusal (signed out,
+wrong role, a missing CSRF token, a locked account, a proxy header from the wrong address), on real
+data made by the real receiver and workers against the emulators.
+
+Long because a console is pages times roles times refusals, and each page's test reads best next to
+the others'.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gu1sync.cli import cli
+from gu1sync.core.timeutil import utcnow
+from gu1sync.storage import Database, Store
+from gu1sync.storage.console import ConsoleStore
+from gu1sync.storage.migrations import MIGRATIONS
+from gu1sync.storage.retention import purge_older_than
+from tests.support.console import PASSWORD, csrf, world  # noqa: F401 - world is a fixture
+from tests.support.delivery import ENV, drain, post, setup, status_changed  # noqa: F401 - setup is a fixture
+from tests.support.helpers import ROOT
+
+pytestmark = pytest.mark.real_redis
+
+PAGES = ["/", "/events", "/failures", "/rules", "/rules/simulate", "/audit"]
+
+
+def sign_in(client, name: str, password: str = PASSWORD):
+    token = csrf(client.get("/sign-in").get_data(as_text=True))
+    return client.post("/sign-in", data={"name": name, "password": password, "csrf_token": token, "next": "/"})
+
+
+def signed_in(console, name: str):
+    client = console.test_client()
+    assert sign_in(client, name).status_code == 302
+    return client
+
+
+def audit_actions(ctx) -> list[tuple[str, str]]:
+    return [(row["user"], row["action"]) for row in reversed(ConsoleStore(ctx.store).audit_log())]
+
+
+def test_signed_out_every_page_sends_to_sign_in(world):
+    config, app, ctx, console = world()
+    client = console.test_client()
+    for page in [*PAGES, "/events/ev_x", "/failures/confirm?scope=action&id=x", "/replays/1"]:
+        answer = client.get(page)
+        assert answer.status_code == 302 and answer.location.startswith("/sign-in?next="), page
+    assert client.post("/failures/replay", data={}).status_code in (302, 400)
+    assert client.get("/static/console.css").status_code == 200
+
+
+def test_every_page_answers_a_viewer_with_its_security_headers(world):
+    config, app, ctx, console = world()
+    client = signed_in(console, "vera")
+    for page in PAGES:
+        answer = client.get(page)
+        assert answer.status_code == 200, page
+        headers = answer.headers
+        assert "script-src" not in headers["Content-Security-Policy"]  # no script at all: default-src 'none'
+        assert "default-src 'none'" in headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+        assert headers["X-Frame-Options"] == "DENY" and headers["Cache-Control"] == "no-store"
+        assert headers["Referrer-Policy"] == "no-referrer"
+        html = answer.get_data(as_text=True)
+        assert "<script" not in html and " on" + "click=" not in html  # no inline script
+        title = re.search(r"<title>(.*?)</title>", html).group(1)
+        assert re.fullmatch(r"[A-Za-z ]+ · gu1-sync console", title), title  # nothing personal in a title
+    cookie = client.get_cookie("gu1sync_console")
+    assert cookie.http_only and cookie.same_site == "Lax"
+
+
+def test_the_overview_counts_the_day(world):
+    config, app, ctx, console = world()
+    html = signed_in(console, "vera").get("/").get_data(as_text=True)
+    assert 'data-test="dead">1<' in html
+    assert 'http-equiv="refresh"' in html  # it refreshes itself
+    assert "entity.status_changed" in html and "salesforce" in html and "slack" in html
+    assert config.digest in html
+
+
+def test_events_filter_page_and_find_by_external_id_in_a_form_body(world, org, redis_conn):
+    config, app, ctx, console = world()
+    for n in range(60):  # more than a page
+        post(app, status_changed(f"bulk-{n}", "under_review", "active", f"2025-01-09T09:{n // 60:02d}:{n % 60:02d}Z"))
+    client = signed_in(console, "vera")
+    first = client.get("/events").get_data(as_text=True)
+    assert first.count('href="/events/ev_') == 50 and 'rel="next"' in first
+    older = re.search(r'href="(/events\?after=[^"]+)" rel="next"', first).group(1).replace("&amp;", "&")
+    second = client.get(older).get_data(as_text=True)
+    assert second.count('href="/events/ev_') == 13 and 'rel="next"' not in second
+    only_done = client.get("/events?status=done").get_data(as_text=True)
+    assert only_done.count('href="/events/ev_') == 3
+    # An external id is personal data: it goes in a POST body, never in an address.
+    found = client.post("/events/search", data={"term": "cust-dead", "csrf_token": csrf(first)})
+    page = found.get_data(as_text=True)
+    assert page.count('href="/events/ev_') == 1 and "cust-dead" in page
+    assert "cust-dead" not in found.request.url
+    by_entity = client.post("/events/search", data={"term": "id-cust-ok", "csrf_token": csrf(first)})
+    assert by_entity.get_data(as_text=True).count('href="/events/ev_') == 1
+    none = client.post("/events/search", data={"term": "nobody", "csrf_token": csrf(first)}).get_data(as_text=True)
+    assert "No event carries that id" in none
+
+
+def test_one_event_shows_its_whole_trace(world):
+    config, app, ctx, console = world()
+    [event_id] = ConsoleStore(ctx.store).find("cust-dead")
+    html = signed_in(console, "vera").get(f"/events/{event_id}").get_data(as_text=True)
+    assert "status-to-salesforce" in html and "alert-blocked" in html and "kyc-to-salesforce" in html
+    assert "on: event &#39;entity.status_changed&#39; is not kyc.validation_approved" in html  # why not
+    assert "No such column" in html and "INVALID_FIELD" in html  # the dead action's error
+    assert (
+        "<details><summary>Show the raw body</summary>" in html and "&#34;externalId&#34;: &#34;cust-dead&#34;" in html
+    )
+    assert "Replay this action" not in html  # a viewer may not
+    assert signed_in(console, "vera").get("/events/ev_nope").status_code == 404
+
+
+def test_a_viewer_may_not_replay(world):
+    config, app, ctx, console = world()
+    client = signed_in(console, "vera")
+    page = client.get("/failures").get_data(as_text=True)
+    assert "INVALID_FIELD" in page and "Replay all" not in page
+    assert client.get("/failures/confirm?scope=group&rule=status-to-salesforce&code=INVALID_FIELD").status_code == 403
+    answer = client.post(
+        "/failures/replay",
+        data={"scope": "group", "rule": "status-to-salesforce", "code": "INVALID_FIELD", "csrf_token": csrf(page)},
+    )
+    assert answer.status_code == 403
+
+
+def test_an_operator_replays_a_group_after_its_confirmation_and_watches_it(world, org, redis_conn):
+    config, app, ctx, console = world()
+    client = signed_in(console, "otto")
+    failures = client.get("/failures").get_data(as_text=True)
+    confirm_url = re.search(r'href="(/failures/confirm\?[^"]+)"', failures).group(1).replace("&amp;", "&")
+    confirm = client.get(confirm_url).get_data(as_text=True)
+    assert "1 dead letter will go again" in confirm
+    values = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', confirm))
+    # Without its CSRF token the replay is refused, and nothing goes again.
+    refused = client.post("/failures/replay", data={k: v for k, v in values.items() if k != "csrf_token"})
+    assert refused.status_code == 400 and "security token" in refused.get_data(as_text=True)
+    replayed = client.post("/failures/replay", data=values)
+    assert replayed.status_code == 302 and replayed.location.startswith("/replays/")
+    progress = client.get(replayed.location).get_data(as_text=True)
+    assert "Still going" in progress and 'http-equiv="refresh"' in progress
+    drain(redis_conn)  # the workers send it; the field was fixed in the meantime (the fault was once)
+    done = client.get(replayed.location).get_data(as_text=True)
+    assert "Finished." in done and 'data-test="replayed-status">done<' in done
+    assert ("otto", "replay") in audit_actions(ctx)
+    entry = ConsoleStore(ctx.store).audit_log()[0]
+    assert entry["target"] == "group: status-to-salesforce / INVALID_FIELD" and len(entry["detail"]["actions"]) == 1
+    audit_page = client.get("/audit").get_data(as_text=True)
+    assert "otto" in audit_page and "replay" in audit_page and "1 action(s)" in audit_page
+
+
+def test_wrong_passwords_lock_the_account_even_to_the_right_one_until_unlocked(world):
+    config, app, ctx, console = world()
+    client = console.test_client()
+    for _ in range(4):
+        answer = sign_in(client, "vera", "wrong password!!")
+        assert answer.status_code == 401 and "Wrong name or password." in answer.get_data(as_text=True)
+    locking = sign_in(client, "vera", "wrong password!!")
+    assert "locked for a while" in locking.get_data(as_text=True)
+    refused = sign_in(client, "vera")
+    assert refused.status_code == 403 and "This account is locked until" in refused.get_data(as_text=True)
+    assert sign_in(client, "nobody").status_code == 401  # an unknown name is answered as a wrong password
+    actions = audit_actions(ctx)
+    assert actions.count(("vera", "sign_in_failed")) == 5 and ("vera", "sign_in_refused") in actions
+    unlocked = CliRunner().invoke(cli, ["--config", config.file, "console-user", "unlock", "vera"], env=ENV)
+    assert unlocked.exit_code == 0, unlocked.output
+    assert sign_in(client, "vera").status_code == 302
+    assert ("vera", "sign_in") in audit_actions(ctx)
+
+
+def test_the_sign_in_form_needs_its_csrf_token(world):
+    config, app, ctx, console = world()
+    answer = console.test_client().post("/sign-in", data={"name": "vera", "password": PASSWORD})
+    assert answer.status_code == 400
+
+
+def test_sign_out_ends_the_session_and_a_removed_account_is_signed_out(world):
+    config, app, ctx, console = world()
+    client = signed_in(console, "vera")
+    token = csrf(client.get("/").get_data(as_text=True))
+    assert client.post("/sign-out", data={"csrf_token": token}).status_code == 302
+    assert client.get("/").status_code == 302
+    other = signed_in(console, "otto")
+    assert ConsoleStore(ctx.store).remove_user("otto")
+    assert other.get("/").status_code == 302  # its next page asks to sign in
+
+
+def test_a_proxy_header_is_trusted_only_from_the_proxy(world):
+    config, app, ctx, console = world(
+        extra="console:\n  proxy: {header: X-Forwarded-User, addresses: [10.9.0.0/16], role: viewer}\n"
+    )
+    from_proxy = console.test_client()
+    answer = from_proxy.get("/", headers={"X-Forwarded-User": "otto"}, environ_base={"REMOTE_ADDR": "10.9.1.2"})
+    assert answer.status_code == 200 and 'data-test="user">otto<' in answer.get_data(as_text=True)
+    assert ">operator<" in answer.get_data(as_text=True)  # an account's own role wins
+    stranger = from_proxy.get("/", headers={"X-Forwarded-User": "pat"}, environ_base={"REMOTE_ADDR": "10.9.1.2"})
+    assert ">viewer<" in stranger.get_data(as_text=True)
+    forged = console.test_client().get(
+        "/", headers={"X-Forwarded-User": "otto"}, environ_base={"REMOTE_ADDR": "203.0.113.5"}
+    )
+    assert forged.status_code == 302  # from anywhere else the header means nothing
+    assert ("otto", "sign_in") in audit_actions(ctx)
+
+
+def test_rules_page_shows_each_rule_as_written_and_how_often_it_matched(world):
+    config, app, ctx, console = world()
+    html = signed_in(console, "vera").get("/rules").get_data(as_text=True)
+    assert "- name: status-to-salesforce" in html and "external_id_field: Gu1_External_Id__c" in html
+    assert "Matched 3 event(s) in the last 24 hours" in html  # status-to-salesforce, for each of the three
+
+
+def test_the_simulator_runs_a_pasted_event_and_an_example(world):
+    config, app, ctx, console = world()
+    client = signed_in(console, "vera")
+    page = client.get("/rules/simulate").get_data(as_text=True)
+    event = status_changed("sim-1", "blocked", "active", "2025-01-08T09:00:00Z").decode()
+    result = client.post("/rules/simulate", data={"event": event, "csrf_token": csrf(page)}).get_data(as_text=True)
+    assert "MATCHED · status-to-salesforce" in result and "MATCHED · alert-blocked" in result
+    assert "no · kyc-to-salesforce" in result and "is not kyc.validation_approved" in result
+    assert "&#34;external_id&#34;: &#34;sim-1&#34;" in result
+    broken = client.post("/rules/simulate", data={"event": "{not json", "csrf_token": csrf(page)})
+    assert "Not JSON" in broken.get_data(as_text=True)
+
+
+def test_console_user_commands(world):
+    config, app, ctx, console = world()
+    run = CliRunner()
+    base = ["--config", config.file, "console-user"]
+    added = run.invoke(
+        cli, [*base, "add", "ana", "--role", "operator", "--password-stdin"], input=PASSWORD + "\n", env=ENV
+    )
+    assert added.exit_code == 0 and "added ana (operator)" in added.output
+    assert sign_in(console.test_client(), "ana").status_code == 302
+    again = run.invoke(
+        cli, [*base, "add", "ana", "--role", "viewer", "--password-stdin"], input=PASSWORD + "\n", env=ENV
+    )
+    assert again.exit_code == 1 and "already an account named 'ana'" in again.output
+    short = run.invoke(cli, [*base, "add", "bo", "--role", "viewer", "--password-stdin"], input="short\n", env=ENV)
+    assert short.exit_code == 1 and "at least 12 characters" in short.output
+    prompted = run.invoke(cli, [*base, "add", "cy", "--role", "viewer"], input=f"{PASSWORD}\n{PASSWORD}\n", env=ENV)
+    assert prompted.exit_code == 0, prompted.output
+    listed = run.invoke(cli, [*base, "list"], env=ENV).output
+    assert "ana  operator" in listed and "cy  viewer  last sign-in never" in listed
+    assert PASSWORD not in listed and "scrypt" not in listed
+    assert run.invoke(cli, [*base, "remove", "cy"], env=ENV).exit_code == 0
+    assert run.invoke(cli, [*base, "remove", "cy"], env=ENV).exit_code == 1
+    changed = run.invoke(cli, [*base, "password", "ana", "--password-stdin"], input="another long password\n", env=ENV)
+    assert changed.exit_code == 0
+    assert sign_in(console.test_client(), "ana").status_code == 401
+    assert sign_in(console.test_client(), "ana", "another long password").status_code == 302
+
+
+def test_a_purged_event_can_no_longer_be_found_and_shows_no_body(world):
+    config, app, ctx, console = world()
+    [event_id] = ConsoleStore(ctx.store).find("cust-ok")
+    purge_older_than(ctx.store, utcnow() + timedelta(seconds=1), now=utcnow())
+    assert ConsoleStore(ctx.store).find("cust-ok") == []
+    html = signed_in(console, "vera").get(f"/events/{event_id}").get_data(as_text=True)
+    assert "its personal data is gone (retention)" in html and "cust-ok" not in html
+
+
+def test_events_stored_before_the_console_can_be_found(tmp_path):
+    """The upgrade that brought the console indexes the ids of the events already stored."""
+    database = Database(str(tmp_path / "old.db"))
+    for migration in MIGRATIONS[:7]:
+        migration(database.db)
+    body = b'{"event": "entity.updated", "payload": {"entity": {"id": "e-77", "externalId": "cust-77"}}}'
+    database.db.execute(
+        "INSERT INTO events (id, dedupe_key, source, kind, environment, received_at, raw, status, subject) "
+        "VALUES ('ev_old', 'k', 's', 'gu1', 'production', '2025-01-01T00:00:00Z', ?, 'done', 'e-77')",
+        (body,),
+    )
+    database.db.execute("PRAGMA user_version=7")
+    database.migrate()
+    consoles = ConsoleStore(Store(database))
+    assert consoles.find("cust-77") == ["ev_old"] and consoles.find("e-77") == ["ev_old"]
+
+
+def test_the_simulator_takes_an_example_from_examples_events(world):
+    config, app, ctx, console = world()
+    examples = Path(config.base_dir) / "examples" / "events"
+    examples.mkdir(parents=True)
+    shutil.copy(ROOT / "examples" / "events" / "kyc.validation_approved.json", examples)
+    client = signed_in(console, "vera")
+    page = client.get("/rules/simulate").get_data(as_text=True)
+    assert "kyc.validation_approved.json</option>" in page
+    result = client.post(
+        "/rules/simulate", data={"example": "kyc.validation_approved.json", "csrf_token": csrf(page)}
+    ).get_data(as_text=True)
+    assert "MATCHED · kyc-to-salesforce" in result and "no · status-to-salesforce" in result
+    unknown = client.post("/rules/simulate", data={"example": "../../config.yaml", "csrf_token": csrf(page)})
+    assert unknown.status_code == 404  # only the files listed
