@@ -596,3 +596,26 @@ def test_the_layout_escapes_everything_and_survives_missing_values():
     assert mrkdwn and all("<!channel>" not in text and "<https:" not in text for text in mrkdwn)
     assert "&lt;!channel&gt;" in action.params["text"]
     assert action.params["text"].endswith("— → —. —")
+
+
+def test_a_template_jinja_cannot_even_compile_is_a_config_error_naming_its_place():
+    """Jinja's optimizer evaluates a template's constant parts while compiling it: `'x'.payload` is
+    evaluated then, and its failure used to escape as a traceback from `check` and from start-up."""
+    problems_found = problems(
+        """\
+        - name: r
+          on: kyc.validation_approved
+          actions:
+            - salesforce.upsert:
+                object: Contact
+                external_id_field: Gu1_External_Id__c
+                external_id: "{{ entity.externalId }}"
+                fields: {X__c: "{{ 'x'.payload~payload }}"}
+        """
+    )
+    assert len(problems_found) == 1
+    assert (
+        problems_found[0].startswith("config.yaml:15:")
+        and "rules[0].actions[0].salesforce.upsert.fields.X__c" in (problems_found[0])
+    )
+    assert "template error" in problems_found[0]

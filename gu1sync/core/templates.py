@@ -399,9 +399,11 @@ class Template:
             if name not in ENV.filters:
                 raise ValueError(f"unknown filter {name!r}; available: {', '.join(sorted(ENV.filters))}")
         try:
-            undeclared = meta.find_undeclared_variables(tree)
+            undeclared = meta.find_undeclared_variables(tree)  # compiles it, constant parts evaluated
         except TemplateSyntaxError as exc:
             raise ValueError(f"template error on its line {exc.lineno}: {exc.message}") from None
+        except _COMPILE_FAILURES as exc:
+            raise ValueError(f"template error: {_compile_problem(exc)}") from None
         for name in sorted(undeclared):
             if name not in ROOTS:
                 raise ValueError(
@@ -413,7 +415,12 @@ class Template:
         self._single = _is_single_expression(tree)
         tree = _Bounded().visit(tree)
         tree.set_environment(ENV)
-        self._template = ENV.from_string(tree)
+        try:
+            self._template = ENV.from_string(tree)
+        except _COMPILE_FAILURES as exc:
+            # Jinja's optimizer evaluates constant parts while it compiles ('x'.payload ~ payload): what
+            # they raise is this template's problem, said as one, never a traceback.
+            raise ValueError(f"template error: {_compile_problem(exc)}") from None
 
     def __repr__(self) -> str:
         return f"Template({self.source!r})"
@@ -456,6 +463,18 @@ class Template:
             _loops_left.reset(loops)
             _captured.reset(captured)
             _paths.reset(token)
+
+
+# What Jinja's optimizer may raise while it evaluates a template's constant parts during compilation.
+_COMPILE_FAILURES = (UndefinedError, SecurityError, TemplateError, ArithmeticError, TypeError, ValueError, LookupError)
+
+
+def _compile_problem(exc: Exception) -> str:
+    if isinstance(exc, UndefinedError):
+        return f"{exc} (a name that is not there, in a part of the template that is the same for every event)"
+    if isinstance(exc, SecurityError):
+        return f"refused by the sandbox: {exc}"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _is_single_expression(tree: nodes.Template) -> bool:
