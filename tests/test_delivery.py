@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,6 +19,7 @@ from rq.serializers import JSONSerializer
 from app import create_app
 from connectors.salesforce import target_of
 from gu1sync.cli import cli
+from gu1sync.core.timeutil import parse_iso
 from gu1sync.delivery import backoff_delay
 from gu1sync.jobs import process_event, run_action, use_runtime
 from gu1sync.runtime import Runtime
@@ -83,8 +83,11 @@ def test_retries_wait_in_the_queue_and_honour_retry_after(setup, workspace, redi
     assert alert["status"] == "retrying"
     registry = ScheduledJobRegistry(queue=queue)
     assert registry.get_job_ids() == [f"{alert['id']}-2"]
-    wait = registry.get_scheduled_time(f"{alert['id']}-2").timestamp() - time.time()
-    assert 27 <= wait <= 33  # Retry-After: 30, plus at most 10% jitter
+    [failed] = ctx.actions.attempts(alert["id"])
+    wait = (parse_iso(failed["retry_at"]) - parse_iso(failed["finished_at"])).total_seconds()
+    assert 30 <= wait <= 33  # Retry-After: 30, plus at most 10% jitter
+    scheduled = registry.get_scheduled_time(f"{alert['id']}-2")  # and its job is due then (to the second)
+    assert abs((scheduled - parse_iso(failed["retry_at"])).total_seconds()) < 1
 
 
 def test_retries_that_run_out_become_dead_letters(setup, workspace, redis_conn):

@@ -6,7 +6,11 @@
   input, nothing goes wrong inside (no error logged, no body logged), and a 2xx is a stored event.
 - The real server (gunicorn, as `serve` runs it) fed malformed HTTP over raw sockets: 4xx or a clean close.
 - Templates: sandbox escapes and runaway templates are refused when the config loads or when rendering.
-- YAML: alias and merge bombs, absurd nesting and oversized files are refused quickly, naming the place.
+- YAML: alias and merge bombs, absurd nesting and oversized files are refused, naming the place.
+
+No test here times itself: runaway work is bounded by the product's own counts (the sandbox's sizes and
+loop items, the loader's values and depth), whose messages the tests assert. pytest-timeout (120 s a test,
+pyproject.toml) only catches a hang, far above any honest run, which takes milliseconds.
 
 The property tests run a fixed set of examples (derandomized, so CI is reproducible and quick);
 GU1_SYNC_LONG=1 runs fifty times as many, random ones: `GU1_SYNC_LONG=1 .venv/bin/pytest tests/test_hostile.py`.
@@ -768,9 +772,7 @@ def test_a_stalled_body_does_not_stop_other_requests(server):
     with socket.create_connection(("127.0.0.1", server["port"]), timeout=10) as stalled:
         stalled.sendall(RAW_HEAD + b"Content-Length: 5000\r\n\r\n" + RAW_BODY[:10])
         time.sleep(0.2)
-        started = time.monotonic()
-        assert _healthy(server["port"])
-        assert time.monotonic() - started < 5
+        assert _healthy(server["port"])  # answered within its own 5 s socket timeout, while the other waits
     assert _healthy(server["port"])
     assert_server_log_clean(server, since)
 
@@ -835,7 +837,6 @@ def rule_config(template: str) -> tuple[str, int]:
 
 @pytest.mark.parametrize(("source", "message"), REFUSED_AT_LOAD)
 def test_sandbox_escapes_are_refused_when_the_config_is_checked(source, message):
-    started = time.perf_counter()
     with pytest.raises(ValueError) as err:
         Template(source)
     assert message in str(err.value)
@@ -844,7 +845,6 @@ def test_sandbox_escapes_are_refused_when_the_config_is_checked(source, message)
         parse_config(text, "config.yaml", environ=SECRETS)
     assert f"config.yaml:{line}:17: rules[0].actions[0].slack.post.text: " in str(err.value)
     assert message in str(err.value)
-    assert time.perf_counter() - started < 1
 
 
 RUNAWAY = "payload.s * 30000"  # 90,000 characters: under the limit of what one operation may build
@@ -902,7 +902,6 @@ REFUSED_AT_RENDER = [
 
 @pytest.mark.parametrize(("source", "message"), REFUSED_AT_RENDER)
 def test_runaway_templates_fail_cleanly_when_rendered(source, message):
-    started = time.perf_counter()
     try:
         template = Template(source)
     except ValueError as exc:  # refused even earlier, which is as good
@@ -913,7 +912,6 @@ def test_runaway_templates_fail_cleanly_when_rendered(source, message):
         template.render(CTX)
     assert message in str(err.value)
     assert json.dumps(CTX) == before  # nothing was changed, nothing was run
-    assert time.perf_counter() - started < 1
 
 
 @pytest.mark.parametrize(
@@ -978,7 +976,6 @@ TEMPLATES = st.one_of(
 @fuzz(1000)
 @given(source=TEMPLATES)
 def test_any_template_is_refused_or_renders_small_and_quickly(source):
-    started = time.perf_counter()
     before = json.dumps(CTX)
     try:
         template = Template(source)
@@ -994,18 +991,15 @@ def test_any_template_is_refused_or_renders_small_and_quickly(source):
                 len(value) <= 1_000_000 if isinstance(value, str | list) else value is None or len(str(value)) < 10**5
             )
     assert json.dumps(CTX) == before
-    assert time.perf_counter() - started < 1, source
 
 
 # -- YAML: bombs, nesting and size ----------------------------------------------------------------------
 
 
 def refused(text: str, file: str = "config.yaml") -> str:
-    """The problems parse_config finds in `text`, which it must find quickly."""
-    started = time.perf_counter()
+    """The problems parse_config finds in `text` (bounded by the loader's count of values, not by a clock)."""
     with pytest.raises(ConfigError) as err:
         parse_config(text, file, environ=SECRETS)
-    assert time.perf_counter() - started < 1
     return str(err.value)
 
 
@@ -1041,9 +1035,7 @@ def _levels(width: int, levels: int) -> str:
 
 def test_aliases_just_under_the_limit_load_quickly():
     text = GOOD + "rules:\n  - name: r\n    on: '*'\n    actions:\n      - slack.post:\n          channel: '#c'\n"
-    started = time.perf_counter()
     config = parse_config(text + f"          blocks: [{{fields: {_levels(9, 6)}}}]\n", "config.yaml", environ=SECRETS)
-    assert time.perf_counter() - started < 2
     assert len(config.rules[0].params[0].blocks[0]["fields"]) == 9
     assert MAX_VALUES / 2 < 9**6 < MAX_VALUES
     assert "more than 1000000 values" in refused(text + f"          blocks: [{{fields: {_levels(10, 6)}}}]\n")
@@ -1116,9 +1108,7 @@ YAML_FRAGMENTS = [
 @given(parts=st.lists(st.sampled_from(YAML_FRAGMENTS), max_size=40))
 def test_any_yaml_is_a_config_error_never_a_traceback(parts):
     text = GOOD + "".join(parts)
-    started = time.perf_counter()
     try:
         parse_config(text, "config.yaml", environ=SECRETS)
     except ConfigError as exc:
         assert all(str(problem).startswith("config.yaml") for problem in exc.problems), str(exc)
-    assert time.perf_counter() - started < 1

@@ -110,3 +110,46 @@ def test_sql_is_written_in_the_storage_layer_only():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL.search(node.value):
                 found.append(f"{relative}:{node.lineno}")
     assert found == []
+
+
+_CLOCKS = {"perf_counter", "monotonic", "time", "perf_counter_ns", "monotonic_ns", "time_ns"}
+
+
+def _reads_a_clock(node: ast.AST, readings: set[str] = frozenset()) -> bool:
+    """A call of time.perf_counter() and its kind, or a name that holds such a reading."""
+    return any(
+        (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr in _CLOCKS
+            and isinstance(call.func.value, ast.Name)
+            and call.func.value.id == "time"
+        )
+        or (isinstance(call, ast.Name) and call.id in readings)
+        for call in ast.walk(node)
+    )
+
+
+def _measures(node: ast.AST, readings: set[str], durations: set[str]) -> bool:
+    """Whether an expression is a duration: a difference with a clock's reading in it, or a name holding one."""
+    return any(
+        (isinstance(sub, ast.BinOp) and isinstance(sub.op, ast.Sub) and _reads_a_clock(sub, readings))
+        or (isinstance(sub, ast.Name) and sub.id in durations)
+        for sub in ast.walk(node)
+    )
+
+
+def test_no_test_asserts_how_long_something_took():
+    """Tests assert behaviour; speed is measured in bench/. A test that must guard against runaway work
+    bounds the work itself, or leaves a hang to pytest-timeout (README: Tests)."""
+    timed = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        assignments = [node for node in ast.walk(tree) if isinstance(node, ast.Assign)]
+        names = lambda node: {t.id for t in node.targets if isinstance(t, ast.Name)}  # noqa: E731
+        readings = {name for node in assignments if _reads_a_clock(node.value) for name in names(node)}
+        durations = {name for node in assignments if _measures(node.value, readings, set()) for name in names(node)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assert) and _measures(node.test, readings, durations):
+                timed.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert timed == []
