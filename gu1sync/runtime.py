@@ -3,8 +3,10 @@
 The config in force (re-read when its file changes), the storage (events and the action log), the
 RQ queue, and this process's connectors. Two ways to build one:
 
-- `Runtime.for_service(config, role=...)`: the receiver and the workers. Brings the database's
-  schema up to date; a worker waits for as long as another process holds the write lock.
+- `Runtime.for_service(config, role=...)`: the receiver, the console and the workers. Brings the
+  database's schema up to date, waiting for as long as another process holds the write lock: a
+  worker waits before it starts; the receiver and the console start at once (so /healthz answers)
+  and wait in a thread, not ready (`Runtime.ready`) until the schema is this code's.
 - `Runtime.for_command(config)`: the operator commands. Never changes the schema and never waits
   longer than `storage.busy_timeout`; says plainly when the schema is older or newer than this code.
   Read-only unless it is asked to write (`replay`, `purge`, `sweep`).
@@ -15,7 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -95,6 +99,12 @@ def event_job_limit(config: Config) -> float:
     return REGISTRY.longest_attempt(config.connectors) + EVENT_JOB_SLACK
 
 
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class Runtime:
     """What jobs, requests and commands in this process work with. Connectors (and a logged-in
@@ -106,6 +116,8 @@ class Runtime:
     queue: EventQueue
     connectors: Connectors = field(default_factory=Connectors)
     rng: random.Random = field(default_factory=random.Random)
+    # Set once the database's schema is this code's; until then nothing may be stored (see for_service).
+    ready: threading.Event = field(default_factory=_set_event)
     _pacer: Pacer | None = field(default=None, repr=False)
 
     @property
@@ -124,6 +136,18 @@ class Runtime:
     def clock(self) -> Clock:
         return self.store.clock
 
+    def when_ready(self, start: Callable[[], None]) -> None:
+        """Call `start` now if the schema is up to date, else from a thread as soon as it is."""
+        if self.ready.is_set():
+            start()
+            return
+
+        def later() -> None:
+            self.ready.wait()
+            start()
+
+        threading.Thread(target=later, name="gu1sync-when-ready", daemon=True).start()
+
     def limits(self, action_type: str) -> tuple[float, float]:
         """(lease, time limit) of one attempt of an action type, under the config in force."""
         return attempt_limits(self.config, action_type)
@@ -138,23 +162,44 @@ class Runtime:
         connectors: Connectors | None = None,
         redis: Redis | None = None,
     ) -> Runtime:
-        """The Runtime of the receiver or of a worker: the schema brought up to date first.
+        """The Runtime of the receiver, the console or a worker, the schema brought up to date.
 
         The receiver commits every event to disk before it answers (durable); a worker's bookkeeping
-        commits without waiting for the disk, and the worker waits for as long as another process
-        holds the database's lock (a backup, a VACUUM). `redis`: a connection to use (the tests').
+        commits without waiting for the disk. While another process holds the database's lock for
+        longer than busy_timeout (a backup, a VACUUM), a worker waits before it starts; the receiver
+        and the console are built at once and bring the schema up to date from a thread, `ready` set
+        when it is done: a gunicorn worker must boot (and answer /healthz), not fail and take its
+        arbiter down with it. `redis`: a connection to use (the tests').
         """
         worker = role == "worker"
         database = Database(config.storage_path, config.storage.busy_timeout, clock, durable=not worker)
+        ready = _set_event()
         if worker:
             wait_for_database(database)
         else:
-            database.migrate()
+            try:
+                database.migrate()
+            except StoreUnavailable as exc:
+                if not _locked(exc):
+                    raise  # an unreadable or missing file is for a person to see, at once
+                ready.clear()
+                log.warning(
+                    "SQLite at %s is held by another process (%s): the %s starts now, answers /healthz, and "
+                    "takes events once the lock is free and its schema is up to date",
+                    database.path,
+                    exc,
+                    role,
+                )
+                threading.Thread(
+                    target=_migrate_when_free, args=(database, ready), name="gu1sync-migrate", daemon=True
+                ).start()
         store = Store(database)
         queue = EventQueue(
             config.queue.redis_url, config.queue.name, store, clock, cooldown=0 if worker else 5.0, connection=redis
         )
-        return cls._assemble(config, store, queue, connectors)
+        runtime = cls._assemble(config, store, queue, connectors)
+        runtime.ready = ready
+        return runtime
 
     @classmethod
     def for_command(
@@ -184,10 +229,23 @@ class Runtime:
         return runtime
 
 
-def wait_for_database(database: Database) -> None:
+def _locked(exc: StoreUnavailable) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _migrate_when_free(database: Database, ready: threading.Event) -> None:
+    try:
+        wait_for_database(database, said=True)
+    except StoreUnavailable as exc:  # no longer a lock: the file itself went wrong; /readyz keeps saying so
+        log.error("SQLite at %s cannot be brought up to date: %s", database.path, exc)
+        return
+    ready.set()
+
+
+def wait_for_database(database: Database, *, said: bool = False) -> None:
     """Bring the schema up to date, waiting while another process holds the lock for longer than
-    busy_timeout (a backup, a VACUUM, someone's sqlite3 shell): a worker starting then must not end."""
-    said = False
+    busy_timeout (a backup, a VACUUM, someone's sqlite3 shell): a worker starting then must not end.
+    `said`: the wait was announced already."""
     while True:
         try:
             database.migrate()
@@ -195,7 +253,7 @@ def wait_for_database(database: Database) -> None:
                 log.info("SQLite at %s takes writes again", database.path)
             return
         except StoreUnavailable as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not _locked(exc):
                 raise  # not a lock: an unreadable or missing file is for a person to see, at once
             if not said:
                 log.warning("waiting for SQLite at %s: %s", database.path, exc)

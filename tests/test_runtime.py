@@ -214,3 +214,32 @@ def test_replay_with_redis_down_says_the_sweep_will_queue_it(make_config, redis_
     result = CliRunner().invoke(cli, ["--config", dead.file, "replay", event_id], env=SECRETS)
     assert result.exit_code == 0, result.output
     assert "Redis is down, the sweep will queue it" in result.output
+
+
+def test_the_console_built_while_another_process_holds_the_lock_says_not_ready_then_works(make_config):
+    """Like the receiver (tests/test_server_mode.py), the console's process comes up when the schema
+    cannot be brought up to date yet: its pages say 503 "not ready" until the lock is let go."""
+    from gu1sync.console import create_console
+
+    config = make_config()  # busy_timeout: 1s
+    older = Database(config.storage_path)
+    with older.transaction():
+        for migration in MIGRATIONS[:-1]:
+            migration(older.db)
+        older.db.execute(f"PRAGMA user_version={len(MIGRATIONS) - 1}")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, config.storage_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        runtime = Runtime.for_service(config, role="console")  # returns: it does not wait here, nor fail
+        assert not runtime.ready.is_set()
+        client = create_console(runtime).test_client()
+        answer = client.get("/sign-in")
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+        assert "Not ready yet" in answer.get_data(as_text=True)
+    finally:
+        holder.communicate("go\n", timeout=30)
+    assert runtime.ready.wait(30)
+    assert client.get("/sign-in").status_code == 200
+    assert older.schema().found == len(MIGRATIONS)

@@ -4,6 +4,7 @@ several processes take turns on the SQLite lock without sleeping through it. Rea
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -18,8 +19,9 @@ from gu1sync import samples
 from gu1sync.jobs import use_runtime
 from gu1sync.queue import BackgroundEnqueuer
 from gu1sync.runtime import Runtime
-from gu1sync.storage import Store, StoreUnavailable
+from gu1sync.storage import Database, Store, StoreUnavailable
 from gu1sync.storage.groupcommit import GroupCommit
+from gu1sync.storage.migrations import MIGRATIONS
 from gu1sync.worker import Gu1Worker
 from tests.support.helpers import dumps, gu1_headers, wait_until
 
@@ -204,3 +206,26 @@ def test_the_receiver_checkpoints_the_log_from_a_thread_of_its_own(make_config, 
     wait_until(lambda: os.path.getsize(tmp_path / "c.db") > 300 * 1000, 5, "a checkpoint")
     reader = sqlite3.connect(tmp_path / "c.db")
     assert reader.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 300
+
+
+def test_a_receiver_that_starts_while_another_process_holds_the_lock_comes_up_and_waits_for_it(make_stack):
+    """The schema needs a migration, and another process holds the write lock longer than busy_timeout (a
+    backup, a VACUUM): the receiver still comes up, answers /healthz, says 503 to webhooks and /readyz,
+    and is ready as soon as the lock is free. It used to fail its workers' boot, and gunicorn with them."""
+    stack = make_stack(busy_timeout="1s")
+    older = Database(str(stack.db_path))
+    for migration in MIGRATIONS[:-1]:  # a file as the previous gu1-sync left it
+        migration(older.db)
+    older.db.execute(f"PRAGMA user_version={len(MIGRATIONS) - 1}")
+    holder = stack.hold_write_lock(8)
+    stack.start_receiver()  # returns once /healthz answers 200
+    status, body = stack.request("GET", "/readyz")
+    assert status == 503 and json.loads(body)["checks"]["sqlite"]["ok"] is False
+    document = {"event": "entity.created", "timestamp": "2025-01-08T09:00:00Z", "payload": {"entity": {"id": "e-1"}}}
+    status, body = stack.deliver(document)
+    assert (status, json.loads(body)["error"]) == (503, "storage_unavailable")  # Gu1 retries it
+    holder.wait(30)  # the lock is let go
+    wait_until(lambda: stack.request("GET", "/readyz")[0] == 200, timeout=30, what="the receiver to be ready")
+    status, body = stack.deliver(document)
+    assert status == 202, body
+    assert Database(str(stack.db_path)).schema().found == len(MIGRATIONS)

@@ -91,8 +91,12 @@ def create_console(runtime: Runtime) -> Flask:
     app.extensions["gu1sync_console"] = consoles
 
     @app.before_request
-    def _who() -> None:
+    def _who() -> tuple[str, int, dict] | None:
+        if not runtime.ready.is_set() and request.endpoint != "static":
+            message = "The database is being brought up to date; another process holds its lock. Try again shortly."
+            return render_template("error.html", title="Not ready yet", message=message), 503, {"Retry-After": "5"}
         g.user = _signed_in(runtime, consoles)
+        return None
 
     @app.after_request
     def _headers(response: Response) -> Response:

@@ -40,7 +40,7 @@ def create_app(source: Config | Runtime, *, clock: Clock = utcnow, server: bool 
     app.register_blueprint(blueprint)
     install_error_handlers(app)
     if server:  # the receiver's processes look at gu1-sync's health too: when no worker runs, they tell
-        AlerterThread(runtime).start()
+        runtime.when_ready(AlerterThread(runtime).start)
     return app
 
 

@@ -143,6 +143,8 @@ def receive(source_name: str):
         raise NotFound("unknown_source", "no source with this name is configured")
     request.environ["gu1sync.source"] = source_name
     source = svc.config.sources[source_name]
+    if not svc.runtime.ready.is_set():  # the schema waits for another process's lock: Gu1 retries
+        raise ServiceUnavailable("storage_unavailable", "the database is not ready yet; retry later")
     body = _read_body(request, svc.config.receiver.max_body_bytes)
     received = svc.clock()
     try:
@@ -239,8 +241,12 @@ def readyz():
     svc = services()
     checks = {"config": {"ok": True, "version": svc.config.digest, "sources": sorted(svc.config.sources)}}
     try:
-        svc.store.check_writable()
-        checks["sqlite"] = {"ok": True}
+        if not svc.runtime.ready.is_set():
+            waiting = "waiting for another process's lock to bring the schema up to date"
+            checks["sqlite"] = {"ok": False, "error": waiting}
+        else:
+            svc.store.check_writable()
+            checks["sqlite"] = {"ok": True}
     except StoreUnavailable as exc:
         log.error("readyz: SQLite cannot be written: %s", exc)  # the details (a path) stay in the log
         checks["sqlite"] = {"ok": False, "error": "cannot write to the database; see the log"}
@@ -264,6 +270,8 @@ def metrics():
         if not hmac.compare_digest(given, f"Bearer {settings.token.value}".encode()):
             raise Unauthorized("metrics_unauthorized", "/metrics needs Authorization: Bearer <metrics.token>")
     try:
+        if not svc.runtime.ready.is_set():
+            raise StoreUnavailable("the schema is not up to date yet (another process holds the lock)")
         body = render_metrics(svc.runtime)
     except StoreUnavailable as exc:
         log.error("metrics: the database cannot be read: %s", exc)
