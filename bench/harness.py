@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gu1sync import samples  # noqa: E402
+from gu1sync.redisbin import NOT_FOUND, find_redis_server  # noqa: E402
 from tests.support.helpers import SECRETS, dumps, free_port, gu1_headers  # noqa: E402, F401 - free_port: for the benchmarks
 from tests.support.redis import RedisServer  # noqa: E402
 from tests.support.stack import RULES as STACK_RULES  # noqa: E402
@@ -43,9 +43,9 @@ def redis_url() -> Iterator[str]:
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
-    binary = shutil.which("redis-server")
+    binary = find_redis_server()
     if binary is None:
-        sys.exit("bench: needs redis-server on PATH (apt install redis-server) or $REDIS_URL")
+        sys.exit(f"bench: {NOT_FOUND}")
     server = RedisServer(binary)
     server.start()
     try:

