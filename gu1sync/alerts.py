@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 LEASE = "ops-alerts"
 PROBE_EVERY = 60.0  # seconds between read-only checks of a connector whose credentials are refused
+LATE_PER_ROUND = 20  # alerts the ops channel missed, told late in one round once it works again
 NOT_CONFIGURED = (
     "ops.slack is not configured: gu1-sync will not tell anyone when it breaks; failures are visible only "
     "through `gu1-sync failed`, `gu1-sync alerts`, /metrics and the logs"
@@ -127,14 +128,38 @@ class Alerter:
         if time.monotonic() - self._pruned > 600:  # per-second refusal counts are needed for a window only
             self.ops.forget_rejections_before(now - timedelta(seconds=max(2 * self.config.ops.signatures.window, 3600)))
             self._pruned = time.monotonic()
+        told: list[Alert] = self._tell_late()
         firing = self.ops.firing()
-        told: list[Alert] = []
         for check in (self._credentials, self._signatures, self._backlog, self._redis, self._api_usage):
             for alert in check(now, firing):
                 told.append(self._tell(alert, now))
         digest = self._dead_letters(now)
         if digest is not None:
             told.append(self._tell(digest, now))
+        return told
+
+    def _tell_late(self) -> list[Alert]:
+        """Send what the ops channel missed, oldest first, once it takes messages again: an outage of the
+        ops channel must not swallow the alerts told during it. While it still fails, one try per round
+        (the first failure was logged at ERROR; this says nothing more)."""
+        notifier = self.notifier()
+        if notifier.client is None:
+            return []
+        told = []
+        for row in self.ops.undelivered(LATE_PER_ROUND):
+            note = f"_(told late: the ops channel could not be reached at {row['created_at']})_"
+            alert = Alert(row["kind"], row["key"], row["state"], row["title"], f"{row['text']}\n{note}")
+            delivery, _ = notifier.send(alert)
+            if delivery != "sent":
+                break
+            self.ops.delivered(row["id"], "late", row["error"])
+            log.warning(
+                "ops alert told late (first tried %s): %s",
+                row["created_at"],
+                row["title"],
+                extra={"alert_kind": row["kind"], "alert_key": row["key"], "delivery": "late"},
+            )
+            told.append(alert)
         return told
 
     def _tell(self, alert: Alert, now: datetime) -> Alert:

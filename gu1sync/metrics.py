@@ -147,7 +147,8 @@ class Collector:
     def _alerts(self) -> Iterator[Metric]:
         alerts = CounterMetricFamily(
             "gu1sync_ops_alerts",
-            "Operational alerts, by kind and delivery (sent, failed: the ops channel refused, logged: none set).",
+            "Operational alerts, by kind and delivery (sent; failed: the ops channel refused, not sent yet; "
+            "late: sent once it worked again; logged: none set).",
             labels=["kind", "delivery"],
         )
         for kind, delivery, count in self.ops.alert_counts():

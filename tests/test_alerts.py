@@ -247,6 +247,24 @@ def test_when_the_ops_channel_fails_the_alert_goes_to_the_log_at_error_and_to_me
     assert samples[("gu1sync_ops_alerts_total", (("delivery", "failed"), ("kind", "backlog")))] == 1
 
 
+def test_alerts_the_ops_channel_missed_are_told_late_once_it_works_again(ops, workspace, redis_conn):
+    config, app, ctx, alerter, messages = ops()
+    workspace.webhook_removed = True  # the ops channel is out of reach for a while
+    post(app, event("customer_g1", "active"))
+    time.sleep(1.2)
+    [missed] = alerter.tick()
+    assert messages() == []
+    assert alerter.tick() == []  # still out of reach: kept for later, not told twice, not lost
+    workspace.webhook_removed = False
+    told = alerter.tick()
+    assert [alert.title for alert in told] == [missed.title]
+    [text] = messages()
+    assert missed.title in text and "told late: the ops channel could not be reached at" in text
+    assert alerter.tick() == [] and len(messages()) == 1  # told once
+    [row] = OpsLog(ctx.store).alerts()
+    assert row["delivery"] == "late" and row["error"]  # why it was late stays with it
+
+
 def test_without_an_ops_channel_alerts_are_kept_and_logged_and_gu1_sync_alerts_shows_them(setup, redis_conn):
     config, app, ctx = setup(extra="ops:\n  backlog: {age: 1s}\n")
     post(app, event("customer_l1", "active"))

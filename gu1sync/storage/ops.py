@@ -212,9 +212,14 @@ class OpsLog:
             return int(cursor.lastrowid)
 
     def delivered(self, alert_id: int, delivery: str, error: str | None = None) -> None:
-        """How the alert went out: sent, failed (with why), or logged (no ops channel is configured)."""
+        """How the alert went out: sent, failed (with why), late (sent once the ops channel worked again,
+        its `error` saying why it was not at first), or logged (no ops channel is configured)."""
         with self.database.transaction() as conn:
             conn.execute("UPDATE alerts SET delivery = ?, error = ? WHERE id = ?", (delivery, error, alert_id))
+
+    def undelivered(self, limit: int) -> list[dict]:
+        """Alerts the ops channel refused or could not be reached for, oldest first (told late when it works)."""
+        return self.database.rows("SELECT * FROM alerts WHERE delivery = 'failed' ORDER BY id LIMIT ?", (limit,))
 
     def alerts(self, since: str | None = None, limit: int = 100) -> list[dict]:
         """Alerts, newest first."""
