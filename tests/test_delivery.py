@@ -6,8 +6,11 @@ Long because these guarantees share one world (tests/support/delivery.py) and ar
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import random
+import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,6 +26,7 @@ from gu1sync.core.timeutil import parse_iso
 from gu1sync.delivery import backoff_delay
 from gu1sync.jobs import process_event, run_action, use_runtime
 from gu1sync.runtime import Runtime
+from gu1sync.storage.console import ConsoleStore
 from gu1sync.worker import Gu1Worker
 from rules.model import RetrySettings
 from tests.support.delivery import ENV, RULES, actions_of, drain, post, status_changed
@@ -128,6 +132,15 @@ def test_a_permanent_failure_is_dead_at_once_and_replay_after_the_fix_delivers_i
     assert replayed.config_version == fixed.digest
     again = CliRunner().invoke(cli, ["--config", fixed.file, "replay", "--action", alert["id"]], env=ENV)
     assert "not replayed, it is done" in again.output  # a completed action is not executed again
+    # Who sent it again from a shell is in the audit log (the console's Audit page), like a console replay;
+    # the refused second replay sent nothing and is not.
+    [entry] = ConsoleStore(ctx.store).audit_log()
+    assert (entry["user"], entry["action"], entry["target"]) == (
+        f"shell:{os.environ.get('SUDO_USER') or getpass.getuser()}",
+        "replay",
+        f"event: {event}",
+    )
+    assert entry["detail"]["actions"] == [alert["id"]] and entry["address"] == socket.gethostname()
 
 
 def test_replay_since_and_what_cannot_be_replayed(setup, workspace, redis_conn):

@@ -6,16 +6,23 @@ schema and never wait longer than storage.busy_timeout."""
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
+import re
+import socket
 import sys
 
 import click
 
 from .. import report, sendtest
+from ..core.timeutil import utcnow
 from ..delivery import replay as run_replay
 from ..doctor import FAIL, examine
+from ..runtime import Runtime
 from ..simulate import default_source
 from ..storage import StoreUnavailable
+from ..storage.console import ConsoleStore
 from ..storage.ops import OpsLog
 from ..storage.reports import recent_events, trace
 from .common import cli, command_runtime, config_of, fail, progress, since
@@ -69,11 +76,32 @@ def replay(ctx: click.Context, event_id: str | None, action_id: str | None, sinc
     try:
         with progress("replay") as told:
             lines = run_replay(runtime, event_id=event_id, action_id=action_id, since=moment, progress=told)
+        _audit_replay(runtime, event_id, action_id, moment, lines)
     except StoreUnavailable as exc:
         fail(f"replay failed: {exc}")
     click.echo("\n".join(lines) if lines else "nothing to replay")
     if any(": no such " in line for line in lines):
         sys.exit(1)
+
+
+def _audit_replay(
+    runtime: Runtime, event_id: str | None, action_id: str | None, moment: str | None, lines: list[str]
+) -> None:
+    """Who sent what again from a shell goes to the audit log too (the console's Audit page shows it):
+    the account that ran it (the one behind sudo, if any), on which machine."""
+    replayed = [m.group(1) for line in lines if (m := re.match(r"(act_\w+) .*: queued again", line))]
+    requeued = any(line.endswith("processed again") or " event queued" in line for line in lines)
+    if not replayed and not requeued:
+        return  # nothing went again: nothing to answer for
+    scope, target = ("action", action_id) if action_id else ("event", event_id) if event_id else ("since", moment)
+    ConsoleStore(runtime.store).audit(
+        user=f"shell:{os.environ.get('SUDO_USER') or getpass.getuser()}",
+        action="replay",
+        now=utcnow(),
+        target=f"{scope}: {target}",
+        detail={"scope": scope, "actions": replayed, "lines": lines[:50], "via": "gu1-sync replay"},
+        address=socket.gethostname(),
+    )
 
 
 @cli.command()
