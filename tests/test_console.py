@@ -15,16 +15,21 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from rq import Queue
+from rq.serializers import JSONSerializer
 
+from app import create_app
 from gu1sync.cli import cli
 from gu1sync.core.timeutil import utcnow
 from gu1sync.storage import Database, Store
 from gu1sync.storage.console import ConsoleStore
 from gu1sync.storage.migrations import MIGRATIONS
 from gu1sync.storage.retention import purge_older_than
+from gu1sync.worker import Gu1Worker
 from tests.support.console import PASSWORD, csrf, world  # noqa: F401 - world is a fixture
 from tests.support.delivery import ENV, drain, post, setup, status_changed  # noqa: F401 - setup is a fixture
-from tests.support.helpers import ROOT
+from tests.support.emulators.salesforce import malformed
+from tests.support.helpers import ROOT, SECRETS, FakeClock, gu1_headers
 
 pytestmark = pytest.mark.real_redis
 
@@ -301,3 +306,189 @@ def test_the_simulator_takes_an_example_from_examples_events(world):
     assert "MATCHED · kyc-to-salesforce" in result and "no · status-to-salesforce" in result
     unknown = client.post("/rules/simulate", data={"example": "../../config.yaml", "csrf_token": csrf(page)})
     assert unknown.status_code == 404  # only the files listed
+
+
+def listed(page: str) -> list[str]:
+    """The ids of the events an events page lists, in its order."""
+    return re.findall(r'href="/events/(ev_[^"]+)"', page)
+
+
+def figure(page: str, label: str) -> str:
+    """The figure of an overview tile, by the words after it."""
+    match = re.search(rf'<span class="figure">([^<]*)</span> {label}', page)
+    assert match, f"no tile '{label}'"
+    return match.group(1)
+
+
+def test_an_operator_replays_one_whole_event_after_its_confirmation(world, org, workspace, redis_conn):
+    config, app, ctx, console = world()
+    workspace.archived.add("compliance-alerts")  # its alert dies too: two dead letters in one event
+    org.fail_record("cust-two", malformed("No such column 'Status__c' on entity 'Contact'", "INVALID_FIELD"))
+    event_id = post(app, status_changed("cust-two", "blocked", "active", "2025-01-08T09:00:05Z"))["id"]
+    drain(redis_conn)
+    workspace.archived.clear()  # both causes fixed
+    assert {a["status"] for a in ctx.store.actions(event_id)} == {"dead"}
+    client = signed_in(console, "otto")
+    confirm = client.get(f"/failures/confirm?scope=event&id={event_id}").get_data(as_text=True)
+    assert "2 dead letters will go again (event " + event_id + ")" in confirm
+    assert sorted(re.findall(r"<tr><td><code>([^<]+)</code>", confirm)) == sorted(
+        a["id"] for a in ctx.store.actions(event_id)
+    )
+    values = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', confirm))
+    assert values["scope"] == "event" and values["id"] == event_id
+    replayed = client.post("/failures/replay", data=values)
+    assert replayed.status_code == 302 and replayed.location.startswith("/replays/")
+    drain(redis_conn)
+    done = client.get(replayed.location).get_data(as_text=True)
+    assert "Finished." in done and done.count('data-test="replayed-status">done<') == 2
+    statuses = {a["rule"]: a["status"] for a in ctx.store.actions(event_id)}
+    assert statuses == {"status-to-salesforce": "done", "alert-blocked": "done"}
+    assert org.upserts_landed("Contact", "Gu1_External_Id__c").get("cust-two") == 1
+    [other] = ConsoleStore(ctx.store).find("cust-dead")
+    assert [a["status"] for a in ctx.store.actions(other) if a["rule"] == "status-to-salesforce"] == ["dead"]
+    entry = ConsoleStore(ctx.store).audit_log()[0]
+    assert (entry["user"], entry["action"], entry["target"]) == ("otto", "replay", f"event: {event_id}")
+    assert sorted(entry["detail"]["actions"]) == sorted(a["id"] for a in ctx.store.actions(event_id))
+    audit_page = client.get("/audit").get_data(as_text=True)
+    row = re.search(r"<tr>\s*<td>[^<]*</td><td>otto</td><td>replay</td>.*?</tr>", audit_page, re.S).group(0)
+    assert f"event: {event_id}" in row and "2 action(s)" in row
+
+
+def test_an_operator_is_offered_to_replay_a_whole_event(world):
+    config, app, ctx, console = world()
+    [event_id] = ConsoleStore(ctx.store).find("cust-dead")
+    client = signed_in(console, "otto")
+    link = f'href="/failures/confirm?scope=event&amp;id={event_id}"'
+    pages = [client.get("/failures").get_data(as_text=True), client.get(f"/events/{event_id}").get_data(as_text=True)]
+    assert any(link in page for page in pages)
+
+
+def test_events_filter_by_type_source_and_time(world, org, redis_conn):
+    config, app, ctx, console = world()
+    consoles = ConsoleStore(ctx.store)
+    world_ids = {found for external in ("cust-ok", "cust-dead", "cust-other") for found in consoles.find(external)}
+    assert len(world_ids) == 3
+    kyc = (ROOT / "examples" / "events" / "kyc.validation_approved.json").read_bytes()
+    kyc_id = post(app, kyc)["id"]
+    body = status_changed("cust-sandbox", "blocked", "active", "2025-01-08T09:00:06Z")
+    answer = app.test_client().post(
+        "/webhooks/gu1-sandbox", data=body, headers=gu1_headers(body, SECRETS["GU1_SANDBOX_SECRET"])
+    )
+    assert answer.status_code in (200, 202), answer.json
+    sandbox_id = answer.json["id"]
+    received = utcnow().replace(microsecond=0) - timedelta(days=3)
+    late = create_app(config, clock=FakeClock(received))  # received three days ago
+    old_id = post(late, status_changed("cust-old", "blocked", "active", "2025-01-05T09:00:00Z"))["id"]
+    drain(redis_conn)
+    client = signed_in(console, "vera")
+
+    def shown(query: str) -> set[str]:
+        page = client.get(f"/events?{query}")
+        assert page.status_code == 200
+        return set(listed(page.get_data(as_text=True)))
+
+    assert shown("type=kyc.validation_approved") == {kyc_id}
+    assert shown("type=entity.status_changed") == world_ids | {sandbox_id, old_id}
+    assert shown("source=gu1-sandbox") == {sandbox_id}
+    assert shown("source=gu1-prod") == world_ids | {kyc_id, old_id}
+    assert shown("source=gu1-prod&type=kyc.validation_approved") == {kyc_id}
+    yesterday, two_days_ago = (utcnow() - timedelta(days=1)).date(), (utcnow() - timedelta(days=2)).date()
+    assert shown(f"since={yesterday}") == world_ids | {kyc_id, sandbox_id}
+    assert shown(f"until={two_days_ago}") == {old_id}
+    # As the form sends a date and a time: a minute either side of the old event.
+    since, until = (received - timedelta(minutes=1)), (received + timedelta(minutes=1))
+    assert shown(f"since={since:%Y-%m-%d %H:%M}&until={until:%Y-%m-%d %H:%M}") == {old_id}
+    assert shown(f"since={until:%Y-%m-%d %H:%M}&until={yesterday}") == set()
+
+
+def test_events_found_by_validation_id_and_by_event_id_in_a_form_body(world):
+    config, app, ctx, console = world()
+    kyc = (ROOT / "examples" / "events" / "kyc.validation_approved.json").read_bytes()
+    kyc_id = post(app, kyc)["id"]
+    [ok_id] = ConsoleStore(ctx.store).find("cust-ok")
+    client = signed_in(console, "vera")
+    token = csrf(client.get("/events").get_data(as_text=True))
+    validation = "9b2f6c1e-4d3a-4f5b-8c7d-0e1f2a3b4c5d"  # the example's payload.id
+    by_validation = client.post("/events/search", data={"term": validation, "csrf_token": token})
+    assert listed(by_validation.get_data(as_text=True)) == [kyc_id]
+    assert validation not in by_validation.request.url
+    by_event = client.post("/events/search", data={"term": ok_id, "csrf_token": token})
+    assert listed(by_event.get_data(as_text=True)) == [ok_id]
+    assert ok_id not in by_event.request.url and by_event.request.method == "POST"
+    # The filters the search form carries along still apply.
+    filtered = client.post(
+        "/events/search", data={"term": ok_id, "type": "kyc.validation_approved", "csrf_token": token}
+    ).get_data(as_text=True)
+    assert listed(filtered) == [] and "No event carries that id" in filtered
+    assert client.get(f"/events/search?term={ok_id}").status_code == 404  # no search from an address
+
+
+def test_rules_page_marks_shadow_and_disabled_rules(world):
+    extra = (
+        "\n  - name: shadow-alert\n    mode: shadow\n    on: entity.status_changed\n    actions:\n"
+        "      - slack.post: {channel: '#onboarding', text: trial}\n"
+        "  - name: resting-alert\n    enabled: false\n    on: entity.status_changed\n    actions:\n"
+        "      - slack.post: {channel: '#onboarding', text: resting}\n"
+    )
+    config, app, ctx, console = world(extra=extra)
+    html = signed_in(console, "vera").get("/rules").get_data(as_text=True)
+    # Each rule's part of the page, by its name.
+    articles = {re.search(r"<h2>(\S+)", part).group(1): part for part in html.split("<article")[1:]}
+    assert set(articles) == {
+        "status-to-salesforce",
+        "alert-blocked",
+        "kyc-to-salesforce",
+        "shadow-alert",
+        "resting-alert",
+    }
+    shadow, resting = articles["shadow-alert"], articles["resting-alert"]
+    assert '<span class="status shadow">shadow</span>' in shadow and "disabled</span>" not in shadow
+    assert '<span class="status disabled">disabled</span>' in resting and "shadow</span>" not in resting
+    assert 'class="rule off"' in resting and 'class="rule off"' not in shadow
+    for name in ("status-to-salesforce", "alert-blocked", "kyc-to-salesforce"):
+        assert "shadow</span>" not in articles[name] and "disabled</span>" not in articles[name], name
+    assert "Matched 3 event(s) in the last 24 hours" in shadow  # shadow rules match; they only never send
+    assert "Matched 0 event(s) in the last 24 hours" in resting
+    assert "mode: shadow" in shadow and "enabled: false" in resting  # as written
+
+
+def test_the_overview_counts_retries_waiting_the_oldest_event_and_the_queue(world, workspace, redis_conn):
+    config, app, ctx, console = world()
+    workspace.fail(r"chat\.postMessage", 503, b"", during=30)
+    post(app, status_changed("cust-retry", "blocked", "active", "2025-01-08T09:00:07Z"))
+    queue = Queue("test", connection=redis_conn, serializer=JSONSerializer)
+    Gu1Worker([queue], connection=redis_conn, serializer=JSONSerializer).work(
+        burst=True, with_scheduler=False, logging_level="WARNING"
+    )  # one pass, no scheduler: the alert's retry waits
+    received = utcnow().replace(microsecond=0) - timedelta(seconds=600)
+    late = create_app(config, clock=FakeClock(received))
+    post(late, status_changed("cust-late", "blocked", "active", "2025-01-08T09:00:08Z"))  # nobody takes it yet
+    post(late, status_changed("cust-later", "blocked", "active", "2025-01-08T09:00:09Z"))
+    older = create_app(config, clock=FakeClock(received - timedelta(seconds=300)))
+    failed = post(older, status_changed("cust-failed", "blocked", "active", "2025-01-08T09:00:10Z"))["id"]
+    ctx.store.claim(failed)
+    assert ctx.store.release(failed, "KeyError: 'x'", max_attempts=1) == "failed"  # not counted as waiting
+    html = signed_in(console, "vera").get("/").get_data(as_text=True)
+    assert figure(html, "retries waiting") == "1"
+    assert figure(html, "events failed to process") == "1"
+    assert figure(html, "jobs queued") == "3"
+    oldest = figure(html, "oldest event waiting")
+    assert oldest.endswith(" s") and 600 <= int(oldest[:-2]) < 630, oldest
+    assert 'data-test="dead">1<' in html
+
+
+def test_an_operator_replays_an_event_that_failed_to_process(world, redis_conn):
+    config, app, ctx, console = world()
+    event_id = post(app, status_changed("cust-failed", "blocked", "active", "2025-01-08T09:00:10Z"))["id"]
+    ctx.store.claim(event_id)
+    assert ctx.store.release(event_id, "KeyError: 'x'", max_attempts=1) == "failed"
+    drain(redis_conn)  # its job finds it failed, and leaves it
+    client = signed_in(console, "otto")
+    confirm = client.get(f"/failures/confirm?scope=event&id={event_id}").get_data(as_text=True)
+    assert "nothing to send again" not in confirm
+    values = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', confirm))
+    replayed = client.post("/failures/replay", data=values)
+    assert replayed.status_code == 302
+    drain(redis_conn)
+    assert ctx.store.event(event_id).status == "done"
+    assert {a["status"] for a in ctx.store.actions(event_id)} == {"done"}

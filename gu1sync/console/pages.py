@@ -178,6 +178,15 @@ def failures() -> str:
     return render_template("failures.html", groups=consoles_of().dead_groups())
 
 
+def _reprocessed(scope: str, target: str) -> bool:
+    """Whether a replay of this scope processes its event again as a whole: one that failed to be
+    processed (it has no dead letters of its own; `gu1-sync replay EVENT_ID` queues it again too)."""
+    if scope != "event":
+        return False
+    event = runtime_of().store.event(target)
+    return event is not None and event.status == EventStatus.FAILED
+
+
 def _chosen() -> tuple[str, str, list[dict]]:
     """(scope, what it names, the dead letters it takes) from a confirmation's or a replay's values."""
     scope = request.values.get("scope", "")
@@ -201,7 +210,13 @@ def _chosen() -> tuple[str, str, list[dict]]:
 def confirm() -> str:
     scope, target, dead = _chosen()
     return render_template(
-        "confirm.html", scope=scope, target=target, dead=dead[:SHOWN], count=len(dead), values=request.args
+        "confirm.html",
+        scope=scope,
+        target=target,
+        dead=dead[:SHOWN],
+        count=len(dead),
+        reprocess=_reprocessed(scope, target),
+        values=request.args,
     )
 
 
@@ -209,7 +224,7 @@ def confirm() -> str:
 @require("operator")
 def replay_now() -> Any:
     scope, target, dead = _chosen()
-    if not dead:
+    if not dead and not _reprocessed(scope, target):
         return render_template(
             "error.html", title="Nothing to replay", message="None of these is a dead letter any more."
         ), 409
