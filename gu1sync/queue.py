@@ -348,8 +348,9 @@ class BackgroundEnqueuer:
             self._thread.join(timeout)
 
 
-def wait_for_redis(url: str, patience: float | None = None) -> bool:
-    """Block until Redis answers (True), or until `patience` seconds have passed (False)."""
+def wait_for_redis(url: str, patience: float | None = None, *, grace: float = 0.0) -> bool:
+    """Block until Redis answers (True), or until `patience` seconds have passed (False). Says it waits
+    only once `grace` seconds have passed (a Redis just started takes a moment: that is no news)."""
     client = redis_client(url, connect_timeout=2, timeout=2)
     started = last_said = time.monotonic()
     said = False
@@ -363,7 +364,7 @@ def wait_for_redis(url: str, patience: float | None = None) -> bool:
             now = time.monotonic()
             if patience is not None and now - started >= patience:
                 return False
-            if not said or now - last_said >= 30:
+            if now - started >= grace and (not said or now - last_said >= 30):
                 log.warning("waiting for redis at %s (%s)", redact(url), type(exc).__name__)
                 said, last_said = True, now
-            time.sleep(1)
+            time.sleep(0.1 if now - started < grace else 1)

@@ -71,6 +71,12 @@ def _answers(url: str) -> bool:
         return False
 
 
+def redis_url_file(var_dir: Path) -> Path:
+    """Where `run` writes the address of the Redis it started, for the commands run beside it (`doctor`,
+    `replay`, `sweep` in another terminal) that would otherwise look for config.yaml's default."""
+    return var_dir / "redis" / "url"
+
+
 def local_redis_url(var_dir: Path) -> str:
     """Where our own Redis listens: a socket under ./var (no port to collide with), or a free port
     when that path is too long for a socket."""
@@ -105,6 +111,7 @@ class Supervisor:
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.redis: subprocess.Popen | None = None
         self.stopping = False
+        self._started = time.monotonic()
         self._width = 9
 
     def _spawn(self, name: str, argv: list[str], log_file: Path | None = None) -> subprocess.Popen:
@@ -150,10 +157,11 @@ class Supervisor:
             listen = ["--bind", "127.0.0.1", "--port", url.rsplit(":", 1)[1].split("/")[0]]
         options = ["--dir", str(data.resolve()), "--appendonly", "yes", "--save", "", "--daemonize", "no"]
         self.redis = self._spawn("redis", [binary.path, *listen, *options], log_file=data / "redis.log")
-        if not wait_for_redis(url, patience=10):
+        if not wait_for_redis(url, patience=10, grace=5):
             log.error("%s did not come up at %s (its log: %s)", binary.describe(), url, data / "redis.log")
             return False
         log.info("redis: started %s at %s; data, append-only file and log in %s", binary.describe(), url, data)
+        redis_url_file(self.var_dir).write_text(url + "\n")
         return True
 
     def run(self, redis_url: str, own_redis: bool) -> int:
@@ -172,7 +180,8 @@ class Supervisor:
         self.children.append(("workers", self._spawn("workers", workers)))
         console = [*base, "console", *(["--bind", self.console_bind] if self.console_bind else [])]
         self.children.append(("console", self._spawn("console", console)))
-        log.info("gu1-sync is running: webhooks at http://%s/webhooks/<source>; Ctrl-C stops it", self.bind)
+        if self._receiver_up():
+            log.info("gu1-sync is running: webhooks at http://%s/webhooks/<source>; Ctrl-C stops it", self.bind)
         log.info(
             "the console is at http://%s/ (make an account: ./gu1-sync console-user add NAME --role operator)",
             self.console_bind or self.console_default,
@@ -182,11 +191,38 @@ class Supervisor:
             for name, process in self.children:
                 if process.poll() is not None:
                     log.error("%s exited with status %s; stopping everything", name, process.returncode)
+                    if name in ("receiver", "console") and time.monotonic() - self._started < 60:
+                        address = self.bind if name == "receiver" else self.console_bind or self.console_default
+                        flag = "--bind" if name == "receiver" else "--console-bind"
+                        log.error(
+                            "the %s could not start: if its address %s is in use (its lines above say), run "
+                            "./gu1-sync run %s HOST:PORT",
+                            name,
+                            address,
+                            flag,
+                        )
                     status = 1
                     self.stopping = True
             time.sleep(0.2)
         self.stop()
         return status
+
+    def _receiver_up(self, patience: float = 60) -> bool:
+        """Wait for the receiver's /healthz (True), or for a child to end first (False), before saying
+        that gu1-sync runs."""
+        import urllib.request
+
+        url = f"http://{self.bind}/healthz"
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline and not self.stopping:
+            if any(process.poll() is not None for _, process in self.children):
+                return False
+            try:
+                with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310 - our own receiver
+                    return answer.status == 200
+            except OSError:
+                time.sleep(0.2)
+        return False
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if self.stopping:
@@ -204,6 +240,7 @@ class Supervisor:
             process.wait()
             log.info("%s stopped", name)
         if self.redis is not None and self.redis.poll() is None:
+            redis_url_file(self.var_dir).unlink(missing_ok=True)
             self.redis.send_signal(signal.SIGTERM)
             self.redis.wait()
             log.info("redis stopped (its data is in %s)", self.var_dir / "redis")

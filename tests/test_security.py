@@ -904,7 +904,7 @@ def test_a_dry_run_counts_and_changes_nothing(make_config, make_app, clock):
     [
         (["--older-than", "90"], "'90' is not a duration with a unit, such as 90d or 12h"),
         (["--older-than", "soon"], "'soon' is not a duration with a unit"),
-        (["--older-than", "0d"], "'0d' is not a duration with a unit"),
+        (["--older-than", "0d"], "'0d' is no time at all: give more than 0"),
         (["--subject", "ab"], "an id is 4 to 256 characters"),
         (["--subject", " cust-1 "], "without spaces around it"),
         (["--subject", "cust-1", "--older-than", "1d"], "give --older-than or --subject, not both"),

@@ -22,6 +22,7 @@ from ..config import Config, ConfigError, load_config
 from ..core.timeutil import iso, parse_duration, parse_iso, utcnow
 from ..runtime import Runtime
 from ..storage import StoreUnavailable
+from ..supervisor import redis_url_file
 
 log = logging.getLogger("gu1sync.cli")
 
@@ -73,6 +74,11 @@ def cli(ctx: click.Context, config_path: str, env_file: str | None, log_level: s
     env_path = Path(env_file) if env_file else Path(config_path).resolve().parent / "var" / "secrets.env"
     if env_path.is_file():
         load_dotenv(env_path, override=False)
+    # `run` (make run) started a Redis of its own and wrote where: a command run beside it, in another
+    # terminal (doctor, replay, sweep, send-test), uses that one, as the processes `run` started do.
+    started = redis_url_file(Path(config_path).resolve().parent / "var")
+    if ctx.invoked_subcommand != "run" and not os.environ.get("REDIS_URL") and started.is_file():
+        os.environ["REDIS_URL"] = started.read_text().strip()
     ctx.obj = {"config_path": config_path, "env_file": env_path}
 
 
@@ -158,11 +164,11 @@ def older_than(text: str | None) -> float | None:
     try:
         seconds = parse_duration(text, unit_required=True)
     except ValueError:
-        seconds = 0.0
-    if seconds <= 0:
         raise click.BadParameter(
             f"{text!r} is not a duration with a unit, such as 90d or 12h", param_hint="--older-than"
-        )
+        ) from None
+    if seconds <= 0:
+        raise click.BadParameter(f"{text!r} is no time at all: give more than 0, such as 1h", param_hint="--older-than")
     return seconds
 
 

@@ -8,6 +8,7 @@ reader never waits for a writer. The modules beside this one hold every query gu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -58,6 +59,13 @@ class SchemaState:
         )
 
 
+def _private(path: str) -> None:
+    """Create the file readable by its owner alone (it holds personal data) unless it exists already;
+    SQLite gives its -wal and -shm files the same mode."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
 class Database:
     """The SQLite file, with one connection per thread and per process (connections never cross a fork).
 
@@ -106,6 +114,8 @@ class Database:
             raise SchemaMismatch(SchemaState(0, len(MIGRATIONS)).problem(self.path) or self.path)
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
+        if not self.read_only:
+            _private(self.path)
         try:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
             db = sqlite_utils.Database(conn, execute_plugins=False)
@@ -282,6 +292,7 @@ class Database:
             if progress is not None:
                 row = self.one("PRAGMA page_count")
                 progress(0, int(row[0]) if row else 0)
+            _private(destination)
             with sqlite3.connect(destination) as target:
                 self.db.conn.backup(target, pages=-1, progress=step)
         except sqlite3.Error as exc:
