@@ -8,8 +8,10 @@ BIN    := $(VENV)/bin
 run: venv
 	./gu1-sync run
 
+# Two test processes (pytest-xdist), a file's tests on one of them: most of the suite's time is spent
+# waiting (for leases to run out, processes to die, Redis to come back), not computing.
 test: dev-venv browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The console's browser tests drive Debian's chromium: installed here where we can (root, apt), else
 # they are skipped, and the run says so.

@@ -24,8 +24,10 @@ from tests.support.redis import RedisChoice, RedisServer, choose_redis
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if not hasattr(config, "workerinput"):
-        config.gu1sync_redis = choose_redis()  # type: ignore[attr-defined]
+    # Under pytest-xdist (`make test` runs two processes) each worker has its own Redis: a private
+    # server each, or its own database of a shared one.
+    worker = getattr(config, "workerinput", {}).get("workerid")  # "gw0", "gw1"... or None
+    config.gu1sync_redis = choose_redis(int(worker[2:]) if worker else 0)  # type: ignore[attr-defined]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -41,7 +43,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         if chromium
         else "browser: none: the console's browser tests are SKIPPED (as root: apt-get install chromium)"
     )
-    return [config.gu1sync_redis.describe(), browser]  # type: ignore[attr-defined]
+    redis_line = config.gu1sync_redis.describe()  # type: ignore[attr-defined]
+    processes = getattr(config.option, "numprocesses", None)
+    if processes and config.gu1sync_redis.mode == "private":  # type: ignore[attr-defined]
+        redis_line += " (and one more for each test process)"
+    return [redis_line, browser]
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001

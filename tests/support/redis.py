@@ -86,13 +86,22 @@ class RedisChoice:
         return {
             "external": f"redis: $GU1_SYNC_TEST_REDIS_URL ({self.url})",
             "private": f"redis: private {binary} for this run at {self.url}",
-            "local": f"redis: local server at {self.url} (database 13 is flushed around tests)",
+            "local": f"redis: local server at {self.url} (that database is flushed around tests)",
         }[self.mode]
 
 
-def choose_redis() -> RedisChoice:
+def _database(url: str, offset: int) -> str:
+    """The URL with its database number moved on by `offset` (redis://host:port/N)."""
+    if not offset:
+        return url
+    base, _, db = url.rpartition("/")
+    return f"{base}/{int(db or 0) + offset}" if db.isdigit() and base.count("/") >= 2 else url
+
+
+def choose_redis(worker: int = 0) -> RedisChoice:
+    """`worker`: the pytest-xdist worker's number; a shared server gives each worker a database of its own."""
     if os.environ.get("GU1_SYNC_TEST_REDIS_URL"):
-        return RedisChoice("external", os.environ["GU1_SYNC_TEST_REDIS_URL"])
+        return RedisChoice("external", _database(os.environ["GU1_SYNC_TEST_REDIS_URL"], worker))
     binary = find_redis_server()
     if binary:
         server = RedisServer(binary)
@@ -100,6 +109,6 @@ def choose_redis() -> RedisChoice:
         return RedisChoice("private", server.url, server)
     try:
         redis.Redis(socket_connect_timeout=0.3).ping()
-        return RedisChoice("local", "redis://127.0.0.1:6379/13")
+        return RedisChoice("local", f"redis://127.0.0.1:6379/{13 + worker}")
     except redis.RedisError:
         return RedisChoice("none", None)
