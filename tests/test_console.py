@@ -492,3 +492,28 @@ def test_an_operator_replays_an_event_that_failed_to_process(world, redis_conn):
     drain(redis_conn)
     assert ctx.store.event(event_id).status == "done"
     assert {a["status"] for a in ctx.store.actions(event_id)} == {"done"}
+
+
+def test_the_console_logs_nothing_personal(world, caplog):
+    """Pages show names because staff need them; the console's log never does: not the pages served, a
+    search, a pasted event in the simulator, a replay, nor a refused form."""
+    config, app, ctx, console = world()
+    [event_id] = ConsoleStore(ctx.store).find("cust-dead")
+    client = signed_in(console, "otto")
+    with caplog.at_level("DEBUG"):
+        for path in [*PAGES, f"/events/{event_id}", f"/events/{event_id}/raw"]:
+            client.get(path)
+        page = client.get("/events").get_data(as_text=True)
+        client.post("/events/search", data={"term": "cust-dead", "csrf_token": csrf(page)})
+        simulator = client.get("/rules/simulate").get_data(as_text=True)
+        pasted = status_changed("sim-2", "blocked", "active", "2025-01-08T09:00:00Z").decode()
+        shown = client.post("/rules/simulate", data={"event": pasted, "csrf_token": csrf(simulator)})
+        assert "Zoë" in shown.get_data(as_text=True)  # the page shows it: the staff need it
+        client.post("/rules/simulate", data={"event": pasted})  # refused: no CSRF token
+        confirm = client.get(f"/failures/confirm?scope=event&id={event_id}").get_data(as_text=True)
+        values = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', confirm))
+        assert client.post("/failures/replay", data=values).status_code == 302
+    assert caplog.records, "the console logged nothing at all: this test would prove nothing"
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    for personal in ("Zoë", "Doe", "<!channel>"):
+        assert personal not in logged
