@@ -41,6 +41,7 @@ from rules.model import RetrySettings
 from .config import Config
 from .core.records import Action, Event, attempt_job
 from .core.status import ActionStatus, AttemptOutcome, EventStatus
+from .pacing import WAIT_AT_MOST
 from .runtime import Runtime, attempt_limits, event_job_limit
 from .storage import StoreUnavailable
 from .storage.counting import CallReport
@@ -271,6 +272,7 @@ class Attempt:
     job_limit: float
     event: Event | None = None  # the action's event, when the caller has it at hand
     call: CallReport | None = None  # what the connector call showed, once it is made
+    turn_wait: float = WAIT_AT_MOST  # how long a paced call may wait here for its turn
 
     def run(self) -> dict:
         started = time.perf_counter()
@@ -319,7 +321,7 @@ class Attempt:
         paced = REGISTRY.action(action.type).pace
         if paced is not None:
             turn = paced(params, REGISTRY.settings_of(self.runtime.config.connectors, action.type))
-            wait = self.runtime.pacer.turn(*turn) if turn is not None else 0.0
+            wait = self.runtime.pacer.turn(*turn, wait_at_most=self.turn_wait) if turn is not None else 0.0
             if wait > 0:
                 why = f"paced: {turn[1]} call(s) to {turn[0]} in {turn[2]} s already"
                 return deferred(self.runtime, action, why, delay=wait + self.runtime.rng.uniform(0, 0.5))
@@ -355,12 +357,15 @@ def attempt(
     action_type: str | None = None,
     event: Event | None = None,
     killed_within: float | None = None,
+    turn_wait: float = WAIT_AT_MOST,
 ) -> dict:
     """One attempt of one action, in the job that calls it (`action_type` and `event` when known).
 
     `killed_within`: the seconds left before RQ stops the calling job, when that job is not the
     attempt's own; the lease then lasts until after that moment, so that no second attempt can
-    start while this one may still be running.
+    start while this one may still be running. `turn_wait`: how long a paced call may wait for its
+    turn in this thread before it is deferred instead (an event's job, with others' attempts to
+    make, waits for none).
     """
     if action_type is None:
         known = runtime.actions.get(action_id)
@@ -378,7 +383,7 @@ def attempt(
         return {"action": action_id, "skipped": True}
     if action.interrupted:
         log.warning("action=%s: its previous attempt was interrupted (worker stopped); trying again", action_id)
-    return Attempt(runtime, action, connector, lease, job_limit, event).run()
+    return Attempt(runtime, action, connector, lease, job_limit, event, turn_wait=turn_wait).run()
 
 
 UNFINISHED = (EventStatus.RECEIVED, EventStatus.PROCESSING, EventStatus.FAILED)

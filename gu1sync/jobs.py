@@ -309,6 +309,7 @@ class FirstAttempts:
                     action_type=action_type,
                     event=event,
                     killed_within=self.clock.remaining(),
+                    turn_wait=0.0,  # the job's other attempts wait for this thread: a later turn is deferred
                 )
                 return
             except (StoreUnavailable, RedisError) as exc:

@@ -4,7 +4,9 @@ worker process and box, with a limiter kept in Redis (the `limits` library's mov
 Slack allows about one message per second per channel, with short bursts: `connectors.slack.pace`
 says how many posts in how long (2 in 2 s by default). A post whose turn is less than a second away
 waits for it; one whose turn is further off is deferred (it goes again then, without using up an
-attempt), so that a burst never earns a 429 and no worker thread sleeps for long. When Redis cannot
+attempt), so that a burst never earns a 429 and no worker thread sleeps for long. A first attempt
+made inside its event's job waits for no turn (`turn(..., wait_at_most=0)`): the job's other
+attempts, the Salesforce writes, would wait behind it. When Redis cannot
 be asked, the post goes unpaced: a 429 is still honoured as any other.
 """
 
@@ -35,9 +37,9 @@ class Pacer:
         self.limiter = MovingWindowRateLimiter(storage)
         self._down_said = False
 
-    def turn(self, key: str, calls: int, seconds: int) -> float:
+    def turn(self, key: str, calls: int, seconds: int, *, wait_at_most: float = WAIT_AT_MOST) -> float:
         """Take a turn for `key` (at most `calls` in any `seconds`, whole seconds): 0 when taken (after
-        waiting up to WAIT_AT_MOST for it), else the seconds until the next turn may come."""
+        waiting up to `wait_at_most` for it), else the seconds until the next turn may come."""
         item = RateLimitItemPerSecond(calls, seconds)
         waited = 0.0
         try:
@@ -46,7 +48,7 @@ class Pacer:
                     return 0.0
                 reset_at = self.limiter.get_window_stats(item, key).reset_time
                 wait = max(reset_at - time.time(), 0.01)
-                if waited + wait > WAIT_AT_MOST:
+                if waited + wait > wait_at_most:
                     return wait
                 time.sleep(wait)
                 waited += wait

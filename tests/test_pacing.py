@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from gu1sync.pacing import Pacer
 from tests.support.burst import Sender, burst, settle
 
 pytestmark = [pytest.mark.real_redis, pytest.mark.timeout(180)]
@@ -57,3 +58,13 @@ def test_without_pacing_the_same_burst_earns_429s_which_are_honoured(make_stack,
     settlement = settle(stack, sender, org, workspace, kills=0, timeout=120)
     assert settlement.posts == 20 and not settlement.repeats
     assert workspace.ratelimited > 0
+
+
+def test_a_turn_that_may_not_wait_says_when_the_next_one_comes(redis_conn):
+    """An event's job makes its first attempts with turn_wait=0: a post whose turn is not free now is
+    deferred (no worker thread sleeps while the job's Salesforce writes wait)."""
+    pacer = Pacer(redis_conn, "pace-test")
+    assert [pacer.turn("slack:#c", 2, 2, wait_at_most=0.0) for _ in range(2)] == [0.0, 0.0]
+    later = [pacer.turn("slack:#c", 2, 2, wait_at_most=0.0) for _ in range(3)]
+    assert all(0 < wait <= 2 for wait in later)  # when to come back, each time; no turn taken
+    assert pacer.turn("slack:#other", 2, 2, wait_at_most=0.0) == 0.0  # another channel has its own turns
