@@ -31,7 +31,7 @@ from .config import Config, ConfigError, load_config
 from .core.timeutil import Clock, utcnow
 from .pacing import Pacer
 from .queue import EventQueue
-from .storage import ActionLog, Database, SchemaMismatch, SchemaState, Store, StoreUnavailable
+from .storage import ActionLog, Database, SchemaMismatch, SchemaState, Store, StoreUnavailable, lock_held
 from .storage.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class Runtime:
             try:
                 database.migrate()
             except StoreUnavailable as exc:
-                if not _locked(exc):
+                if not lock_held(exc):
                     raise  # an unreadable or missing file is for a person to see, at once
                 ready.clear()
                 log.warning(
@@ -229,10 +229,6 @@ class Runtime:
         return runtime
 
 
-def _locked(exc: StoreUnavailable) -> bool:
-    return "locked" in str(exc) or "busy" in str(exc)
-
-
 def _migrate_when_free(database: Database, ready: threading.Event) -> None:
     try:
         wait_for_database(database, said=True)
@@ -253,7 +249,7 @@ def wait_for_database(database: Database, *, said: bool = False) -> None:
                 log.info("SQLite at %s takes writes again", database.path)
             return
         except StoreUnavailable as exc:
-            if not _locked(exc):
+            if not lock_held(exc):
                 raise  # not a lock: an unreadable or missing file is for a person to see, at once
             if not said:
                 log.warning("waiting for SQLite at %s: %s", database.path, exc)

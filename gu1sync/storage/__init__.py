@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from .actions import ActionLog
-from .database import Database, SchemaMismatch, SchemaState, StoreUnavailable
+from .database import Database, SchemaMismatch, SchemaState, StoreUnavailable, lock_held
 from .events import EVENT_ATTEMPTS, STALE_CLAIM, Store
 
 __all__ = [
@@ -24,4 +24,5 @@ __all__ = [
     "SchemaState",
     "Store",
     "StoreUnavailable",
+    "lock_held",
 ]

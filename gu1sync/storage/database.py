@@ -31,6 +31,12 @@ class StoreUnavailable(Exception):
     """The database could not be read or written (locked past the busy timeout, disk full, unreadable file)."""
 
 
+def lock_held(exc: StoreUnavailable) -> bool:
+    """Whether `exc` says another process held the database's lock past busy_timeout (a backup, a
+    VACUUM, someone's sqlite3 shell): worth waiting for, unlike an unreadable or missing file."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 class SchemaMismatch(StoreUnavailable):
     """The database's schema is not the one this code reads: older (not upgraded yet) or newer."""
 
