@@ -97,16 +97,17 @@ def _credentials(told: list) -> list:
     return [alert for alert in told if alert.kind == "credentials"]
 
 
-def test_a_revoked_slack_token_is_told_at_once_and_its_recovery_too(ops, workspace, redis_conn):
+@pytest.mark.parametrize("error", ["token_revoked", "invalid_auth"])
+def test_a_revoked_slack_token_is_told_at_once_and_its_recovery_too(ops, workspace, redis_conn, error):
     config, app, ctx, alerter, messages = ops()
-    workspace.revoke("token_revoked")
+    workspace.revoke(error)
     post(app, event("customer_s1"))
     post(app, event("customer_s2"))
     drain(redis_conn)
     told = alerter.tick()
     [refused] = _credentials(told)
     assert (refused.key, refused.state) == ("slack", "firing")
-    assert "Slack refuses gu1-sync's credentials (token_revoked)" in refused.text
+    assert f"Slack refuses gu1-sync's credentials ({error})" in refused.text
     assert [a.kind for a in told] == ["credentials", "dead_letters"]  # the two posts died: one digest
     assert alerter.tick() == []  # still refused (its check says so): nothing more
     workspace.restore()
