@@ -281,7 +281,7 @@ class Alerter:
                 detail = ", ".join(f"{reason}: {n}" for reason, n in sorted(reasons.items()))
                 spec = self.config.sources.get(source)
                 names = ", ".join(f"${secret.name}" for secret in spec.secrets) if spec is not None else "its secrets"
-                title = f"source {source} refused {total} signed requests in {span}"
+                title = f"source {source} refused {total} requests for their signature in {span}"
                 text = (
                     f":warning: *gu1-sync: {title}* ({detail}).\n"
                     f"Was the webhook secret regenerated in Gu1 but not here? Compare it with {names}; to rotate "

@@ -145,7 +145,7 @@ def test_a_source_refusing_many_signatures_asks_whether_the_secret_was_rotated(o
     client.post("/webhooks/gu1-prod", data=body, headers=gu1_headers(body, secret="the-old-secret"))
     [told] = alerter.tick()
     assert (told.kind, told.key, told.state) == ("signatures", "gu1-prod", "firing")
-    assert "source gu1-prod refused 3 signed requests in 2 s* (signature_mismatch: 3)" in told.text
+    assert "source gu1-prod refused 3 requests for their signature in 2 s* (signature_mismatch: 3)" in told.text
     assert "secret regenerated in Gu1 but not here" in told.text and "$GU1_SECRET" in told.text
     assert alerter.tick() == []
     time.sleep(3.1)  # a window without a refusal (counted by the second: up to a second more)
@@ -277,6 +277,8 @@ def test_without_an_ops_channel_alerts_are_kept_and_logged_and_gu1_sync_alerts_s
     as_json = CliRunner().invoke(cli, ["--config", config.file, "alerts", "--json"], env=ENV)
     [row] = json.loads(as_json.output)
     assert (row["kind"], row["state"], row["delivery"]) == ("backlog", "firing", "logged")
+    banana = CliRunner().invoke(cli, ["--config", config.file, "alerts", "--since", "banana"], env=ENV)
+    assert banana.exit_code == 2 and "--since" in banana.output and "'banana' is neither" in banana.output
 
 
 def test_one_process_of_all_tells(ops, redis_conn):

@@ -154,7 +154,9 @@ def since(text: str | None) -> str | None:
     try:
         return iso(utcnow() - timedelta(seconds=parse_duration(text)))
     except ValueError:
-        raise click.BadParameter(f"{text!r} is neither an ISO timestamp nor a duration such as 2h") from None
+        raise click.BadParameter(
+            f"{text!r} is neither an ISO timestamp nor a duration such as 2h", param_hint="--since"
+        ) from None
 
 
 def older_than(text: str | None) -> float | None:
