@@ -39,10 +39,9 @@ def ops(setup, workspace, monkeypatch):
     """(config, app, ctx, alerter, messages()) with the ops channel on the emulator's incoming webhook."""
     monkeypatch.setattr(alerts_module, "PROBE_EVERY", 0.0)  # check refused credentials on every round
 
-    def build(interval: str = "1h", extra: str = ""):
-        config, app, ctx = setup(
-            extra=OPS.format(interval=interval) + extra, environ={"OPS_WEBHOOK": workspace.webhook_url}
-        )
+    def build(interval: str = "1h", extra: str = "", **more):  # more: setup's (auth=..., environ=...)
+        environ = {"OPS_WEBHOOK": workspace.webhook_url, **more.pop("environ", {})}
+        config, app, ctx = setup(extra=OPS.format(interval=interval) + extra, environ=environ, **more)
         return (
             config,
             app,
@@ -114,6 +113,27 @@ def test_a_revoked_slack_token_is_told_at_once_and_its_recovery_too(ops, workspa
     [back] = alerter.tick()  # the read-only check (auth.test) works again
     assert (back.key, back.state) == ("slack", "resolved") and "gu1-sync replay --since" in back.text
     assert alerter.tick() == []
+    assert len([text for text in messages() if "credentials" in text]) == 2
+
+
+PASSWORD_AUTH = (
+    '{{method: password, username: integration@acme.example, password: "${{SF_PASSWORD}}", '
+    'security_token: "${{SF_TOKEN}}"}}'
+)
+
+
+def test_a_salesforce_login_refused_is_told_once_and_when_it_works_again(ops, org, redis_conn):
+    """The integration user's password was changed in Salesforce and not here: every login is refused."""
+    config, app, ctx, alerter, messages = ops(auth=PASSWORD_AUTH, environ={"SF_PASSWORD": "old", "SF_TOKEN": "tok"})
+    post(app, event("customer_l2", "active"))
+    drain(redis_conn)
+    time.sleep(1.1)  # the alert fires a while after the first refusal
+    [told] = _credentials(alerter.tick())
+    assert (told.key, told.state) == ("salesforce", "firing") and "INVALID_LOGIN" in told.text
+    assert alerter.tick() == []  # once per outage
+    org.password = "old"  # someone set it back (or the org accepts it again)
+    [back] = alerter.tick()
+    assert (back.key, back.state) == ("salesforce", "resolved")
     assert len([text for text in messages() if "credentials" in text]) == 2
 
 

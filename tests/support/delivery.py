@@ -23,10 +23,12 @@ from tests.support.helpers import SECRETS, dumps, gu1_headers
 
 ENV = {**SECRETS, "SF_SESSION": "00D000000000001!test-session", "SLACK_TOKEN": "xoxb-test-token"}
 
+# connectors.salesforce.auth: a session (the tests' default), `{sf_url}` being the emulator's.
+SESSION_AUTH = '{{method: session, instance_url: "{sf_url}", session_id: "${{SF_SESSION}}"}}'
 CONNECTORS = """
 connectors:
   salesforce:
-    auth: {{method: session, instance_url: "{sf_url}", session_id: "${{SF_SESSION}}"}}
+    auth: {auth}
     timeout: 2s
 {salesforce}  slack:
     token: "${{SLACK_TOKEN}}"
@@ -72,13 +74,19 @@ def setup(make_config, org, workspace, redis_conn, tmp_path):
         environ: dict | None = None,
         salesforce: str = "",
         slack: str = "    pace: {posts: 0}",
+        auth: str = SESSION_AUTH,
     ):
         """`salesforce`, `slack`: more lines of connectors.salesforce or .slack (indented by four), such as
         `    batch: {max: 3}`. Slack's pacing is off unless a test gives its own: the tests here post
         several messages to one channel at once, and are about something else."""
         salesforce, slack = (part + "\n" if part and not part.endswith("\n") else part for part in (salesforce, slack))
         text = (CONNECTORS + RULES).format(
-            sf_url=org.url, slack_url=workspace.api_url, channel=channel, salesforce=salesforce, slack=slack
+            auth=auth.format(sf_url=org.url),
+            sf_url=org.url,
+            slack_url=workspace.api_url,
+            channel=channel,
+            salesforce=salesforce,
+            slack=slack,
         ) + extra
         org.sessions.add(ENV["SF_SESSION"])
         config = make_config(text, environ={**ENV, **(environ or {})})
