@@ -517,3 +517,19 @@ def test_the_console_logs_nothing_personal(world, caplog):
     logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     for personal in ("Zoë", "Doe", "<!channel>"):
         assert personal not in logged
+
+
+def test_a_connector_s_last_failure_shows_even_when_a_retry_made_it_good(world, workspace, redis_conn):
+    config, app, ctx, console = world()
+    consoles = ConsoleStore(ctx.store)
+    since = utcnow() - timedelta(hours=24)
+    assert {c["name"]: c["last_failure"] for c in consoles.connectors(since)}["slack"] is None
+    workspace.fail(r"chat\.postMessage", 503, b"")  # once: the retry posts it
+    event_id = post(app, status_changed("cust-blip", "blocked", "active", "2025-01-08T09:00:11Z"))["id"]
+    drain(redis_conn)
+    [alert] = [a for a in ctx.store.actions(event_id) if a["type"] == "slack.post"]
+    assert (alert["status"], alert["attempts"]) == ("done", 2)
+    slack = {c["name"]: c for c in consoles.connectors(since)}["slack"]
+    assert slack["last_failure"] is not None and slack["last_failure"] <= slack["last_success"]
+    page = signed_in(console, "vera").get("/").get_data(as_text=True)
+    assert slack["last_failure"][:19] in page  # the overview shows it

@@ -41,8 +41,9 @@ def _tally(consoles: Any) -> tuple[dict, list[dict]]:
     with _tallies_lock:
         if kept and time.monotonic() - kept["at"] < TALLY_FOR:
             return kept["day"], kept["connectors"]
-        kept.update(at=time.monotonic(), day=consoles.overview(utcnow() - timedelta(hours=24)))
-        kept["connectors"] = consoles.connectors()
+        since = utcnow() - timedelta(hours=24)
+        kept.update(at=time.monotonic(), day=consoles.overview(since))
+        kept["connectors"] = consoles.connectors(since)
         return kept["day"], kept["connectors"]
 
 

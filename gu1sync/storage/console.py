@@ -9,7 +9,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..core.status import ActionStatus, EventStatus
+from ..core.status import ActionStatus, AttemptOutcome, EventStatus
 from ..core.timeutil import iso
 from .events import Store
 
@@ -148,11 +148,21 @@ class ConsoleStore:
         )
         return {"events": events, "actions": actions}
 
-    def connectors(self) -> list[dict]:
+    def connectors(self, since: datetime | None = None) -> list[dict]:
         """Per connector, all time: actions done and dead, the last success, and the last failure (an
-        action that died or was set to retry)."""
+        action that died or was set to retry; and, from `since` on, any attempt that failed, even one a
+        later attempt made good)."""
         rows = self.database.rows(
             "SELECT type, status, COUNT(*) AS n, MAX(updated_at) AS last FROM actions GROUP BY type, status"
+        )
+        failed_attempts = (
+            self.database.rows(
+                """SELECT a.type, MAX(t.finished_at) AS last FROM attempts t JOIN actions a ON a.id = t.action_id
+                   WHERE t.started_at >= ? AND t.outcome IN (?, ?) GROUP BY a.type""",
+                (iso(since), AttemptOutcome.RETRY.value, AttemptOutcome.FAILED.value),
+            )
+            if since is not None
+            else []
         )
         out: dict[str, dict] = {}
         for row in rows:
@@ -165,6 +175,10 @@ class ConsoleStore:
                 entry["last_success"] = max(filter(None, [entry["last_success"], row["last"]]), default=None)
             elif row["status"] in (ActionStatus.DEAD, ActionStatus.RETRYING):
                 entry["failed"] += row["n"] if row["status"] == ActionStatus.DEAD else 0
+                entry["last_failure"] = max(filter(None, [entry["last_failure"], row["last"]]), default=None)
+        for row in failed_attempts:
+            entry = out.get(row["type"].split(".", 1)[0])
+            if entry is not None:
                 entry["last_failure"] = max(filter(None, [entry["last_failure"], row["last"]]), default=None)
         return [out[name] for name in sorted(out)]
 
