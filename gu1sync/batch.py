@@ -56,8 +56,9 @@ def attempt_batch(
     """
     connector = runtime.connectors.get(action_type, config.connectors)
     if connector.dry_run or len(action_ids) == 1:
+        known = next(iter(events.values())) if events and len(events) == 1 else None  # one event: theirs
         return [
-            attempt(runtime, config, action_id, action_type=action_type, killed_within=killed_within)
+            attempt(runtime, config, action_id, action_type=action_type, event=known, killed_within=killed_within)
             for action_id in action_ids
         ]
     lease, job_limit = limits(config, action_type)

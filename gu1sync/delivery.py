@@ -294,7 +294,8 @@ class Attempt:
     def _decide(self) -> tuple[Outcome, str | None]:
         """The attempt's outcome, and the record it locked (to release once the outcome is recorded)."""
         action, runtime = self.action, self.runtime
-        event = self.event if self.event is not None else runtime.store.event(action.event_id)
+        event = self.event if self.event is not None and self.event.id == action.event_id else None
+        event = event or runtime.store.event(action.event_id)
         params: dict[str, Any] = action.params or {}
         if self.connector.dry_run:
             result = f"not sent: connectors.{self.connector.name} has no credentials (dry run)"

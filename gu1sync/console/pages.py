@@ -14,6 +14,7 @@ from typing import Any
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from redis.exceptions import RedisError
 
+from ..core.body import parse_json
 from ..core.status import FINAL_ACTION_STATUSES, ActionStatus, EventStatus
 from ..core.timeutil import iso, parse_iso, utcnow
 from ..delivery import replay
@@ -88,65 +89,48 @@ def _time(value: str) -> str | None:
     return iso(moment) if moment else None
 
 
-@bp.get("/events")
-@require()
-def events() -> str:
-    runtime = runtime_of()
-    filters = _filters()
-    after = request.args.get("after")
-    cursor = tuple(after.split("|", 1)) if after and "|" in after else None
+def _events_page(filters: dict[str, str], *, term: str = "", page: int = PAGE, **query: Any) -> str:
+    """The events page: the events the filters (and `query`: a cursor, ids) select, a page of them."""
     rows, more = consoles_of().events(
         type_=filters["type"] or None,
         source=filters["source"] or None,
         status=filters["status"] or None,
         since=_time(filters["since"]),
         until=_time(filters["until"]),
-        after=cursor,  # type: ignore[arg-type]
+        limit=page,
+        **query,
     )
     next_page = None
-    if more is not None:
+    if more is not None and "after" in query:  # the listing pages on; a search shows what it found
         next_page = url_for(".events", **{k: v for k, v in filters.items() if v}, after=f"{more[0]}|{more[1]}")
     return render_template(
         "events.html",
         rows=rows,
         filters=filters,
-        term="",
+        term=term,
         next_page=next_page,
-        sources=list(runtime.config.sources),
+        sources=list(runtime_of().config.sources),
         types=EVENT_TYPES,
         statuses=STATUSES,
-        page=PAGE,
+        page=page,
     )
+
+
+@bp.get("/events")
+@require()
+def events() -> str:
+    after = request.args.get("after")
+    cursor = tuple(after.split("|", 1)) if after and "|" in after else None
+    return _events_page(_filters(), after=cursor)
 
 
 @bp.post("/events/search")
 @require()
 def search() -> str:
     """Events that carry an id (in the form's body: ids may be personal, so never in an address)."""
-    runtime = runtime_of()
     term = (request.form.get("term") or "").strip()
-    filters = _filters()
     ids = consoles_of().find(term)[:SHOWN] if term else None
-    rows, _ = consoles_of().events(
-        type_=filters["type"] or None,
-        source=filters["source"] or None,
-        status=filters["status"] or None,
-        since=_time(filters["since"]),
-        until=_time(filters["until"]),
-        ids=ids,
-        limit=SHOWN,
-    )
-    return render_template(
-        "events.html",
-        rows=rows,
-        filters=filters,
-        term=term,
-        next_page=None,
-        sources=list(runtime.config.sources),
-        types=EVENT_TYPES,
-        statuses=STATUSES,
-        page=SHOWN,
-    )
+    return _events_page(_filters(), term=term, page=SHOWN, ids=ids)
 
 
 @bp.get("/events/<event_id>")
@@ -160,8 +144,8 @@ def event(event_id: str) -> str:
     body = None
     if raw:
         try:
-            body = json.dumps(json.loads(raw), indent=2, ensure_ascii=False)
-        except ValueError:
+            body = json.dumps(parse_json(raw), indent=2, ensure_ascii=False)
+        except ValueError:  # not JSON (an invalid event)
             body = raw.decode("utf-8", "replace")
     return render_template("event.html", data=data, body=body, dumps=_dumps)
 
@@ -241,7 +225,7 @@ def replay_now() -> Any:
     return redirect(url_for(".replay_progress", entry=entry))
 
 
-@bp.get("/replays/<int:entry>")
+@bp.get("/replays/<int(max=9223372036854775807):entry>")
 @require()
 def replay_progress(entry: int) -> str:
     found = consoles_of().audit_entry(entry)
@@ -260,14 +244,12 @@ def replay_progress(entry: int) -> str:
 
 
 def _rule_source(index: int) -> str:
-    """The rule as written in the config file: its lines, comments and all."""
+    """The rule as written in the config in force: its lines, comments and all (the text that config was
+    read from, not the file as it may have changed since)."""
     config = runtime_of().config
     line, column = config.document.position(("rules", index))
-    if line is None or column is None:
-        return ""
-    try:
-        lines = Path(config.file).read_text(encoding="utf-8").splitlines()
-    except OSError:
+    lines = config.document.text.splitlines()
+    if line is None or column is None or not 0 < line <= len(lines):
         return ""
     out = [lines[line - 1]]
     for text in lines[line:]:
@@ -313,7 +295,7 @@ def simulator() -> Any:
                 abort(404)
             text = examples[example].read_text(encoding="utf-8")
         try:
-            document = json.loads(text)
+            document = parse_json(text.encode("utf-8", "surrogatepass"))
             event, results = simulate(config, document, source)
         except ValueError as exc:
             error = f"Not JSON: {exc}"
@@ -337,6 +319,8 @@ def simulator() -> Any:
 @require()
 def audit_log() -> str:
     before = request.args.get("before", type=int)
+    if before is not None and not 0 < before < 2**62:
+        before = None  # no such entry: the newest page
     rows = consoles_of().audit_log(before=before)
     older = url_for(".audit_log", before=rows[-1]["id"]) if len(rows) == 100 else None
     return render_template("audit.html", rows=rows, older=older)

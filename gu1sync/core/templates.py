@@ -559,20 +559,6 @@ def compile_blocks(value: Any) -> Any:
     return compile_value(value)
 
 
-def templates_in(value: Any) -> Iterator[tuple[tuple, Template]]:
-    """Every template inside a compiled value, with its path (keys and indexes)."""
-    if isinstance(value, Template):
-        yield (), value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            for path, template in templates_in(item):
-                yield (key, *path), template
-    elif isinstance(value, list):
-        for n, item in enumerate(value):
-            for path, template in templates_in(item):
-                yield (n, *path), template
-
-
 def render_value(value: Any, context: dict[str, Any], where: str = "") -> Any:
     """Render a compiled value for one event; a TemplateError names the key it happened at."""
     if isinstance(value, Template):
