@@ -533,3 +533,38 @@ def test_a_connector_s_last_failure_shows_even_when_a_retry_made_it_good(world, 
     assert slack["last_failure"] is not None and slack["last_failure"] <= slack["last_success"]
     page = signed_in(console, "vera").get("/").get_data(as_text=True)
     assert slack["last_failure"][:19] in page  # the overview shows it
+
+
+def test_what_an_event_or_a_visitor_may_hold_never_fails_a_page(world):
+    """Half an emoji in an event (a lone surrogate, which the receiver accepts), a pasted event nested
+    past any limit, ids past SQLite's integers, and a config file changed since it was loaded: each
+    page still answers, never a 500."""
+    config, app, ctx, console = world()
+    half = b'{"event": "entity.status_changed", "timestamp": "2025-01-08T09:00:12Z", "payload": {"status": "blocked",'
+    half += (
+        b' "previousStatus": "active", "entity": {"id": "id-half", "externalId": "cust-half", "name": "Ana \\ud83d"}}}'
+    )
+    event_id = post(app, half)["id"]
+    client = signed_in(console, "otto")
+    page = client.get(f"/events/{event_id}")
+    assert page.status_code == 200 and "Ana" in page.get_data(as_text=True)
+    simulator = client.get("/rules/simulate").get_data(as_text=True)
+    deep = client.post("/rules/simulate", data={"event": "[" * 50_000, "csrf_token": csrf(simulator)})
+    assert deep.status_code == 200 and "Not JSON" in deep.get_data(as_text=True)
+    assert client.get("/audit?before=99999999999999999999999").status_code == 200
+    assert client.get("/replays/99999999999999999999999").status_code == 404
+    Path(config.file).write_text("version: 1\n")  # edited since: the page shows the rules in force, as written
+    rules = client.get("/rules")
+    assert rules.status_code == 200 and "name: status-to-salesforce" in rules.get_data(as_text=True)
+
+
+def test_a_name_given_with_spaces_around_it_can_sign_in(world):
+    config, app, ctx, console = world()
+    added = CliRunner().invoke(
+        cli,
+        ["--config", config.file, "console-user", "add", " bea ", "--role", "viewer", "--password-stdin"],
+        input=PASSWORD + "\n",
+        env=ENV,
+    )
+    assert added.exit_code == 0 and "added bea (viewer)" in added.output
+    assert sign_in(console.test_client(), "bea").status_code == 302

@@ -79,7 +79,8 @@ def _password(from_stdin: bool) -> str:
 @click.pass_context
 def user_add(ctx: click.Context, name: str, role: str, password_stdin: bool) -> None:
     """Add an account (asks for its password twice)."""
-    if not name.strip() or len(name) > 100:
+    name = name.strip()  # sign-in takes the name without spaces around it
+    if not name or len(name) > 100:
         fail("a name is 1 to 100 characters")
     consoles = ConsoleStore(command_runtime(ctx, writes=True).store)
     if consoles.user(name) is not None:

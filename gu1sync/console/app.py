@@ -70,6 +70,14 @@ class _Sessions(SecureCookieSessionInterface):
         return bool(request.is_secure or (_from_proxy() and request.headers.get("X-Forwarded-Proto") == "https"))
 
 
+def _printable(value: Any) -> Any:
+    """Every value a page prints, as text a page can carry: an event may hold half an emoji (a lone
+    surrogate, \\ud83d in its JSON), which would otherwise fail the page as it is sent."""
+    if type(value) is str:
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
 def create_console(runtime: Runtime) -> Flask:
     """The console app on a Runtime (its config's `console:` section, its store and queue)."""
     config = runtime.config
@@ -85,6 +93,7 @@ def create_console(runtime: Runtime) -> Flask:
         WTF_CSRF_TIME_LIMIT=settings.session_lifetime,
     )
     app.session_interface = _Sessions()
+    app.jinja_env.finalize = _printable
     CSRFProtect(app)
     app.extensions["gu1sync"] = runtime
     consoles = ConsoleStore(runtime.store)

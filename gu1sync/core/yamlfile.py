@@ -167,6 +167,7 @@ class Document:
     marks: dict[int, dict[Any, tuple[yaml.Mark, yaml.Mark]]] = field(default_factory=dict)
     root_mark: tuple[int, int] | None = None
     duplicates: list[Problem] = field(default_factory=list)
+    text: str = ""  # the source as it was read (the console shows each rule as written)
 
     def position(self, path: Path, *, of_key: bool = False) -> tuple[int | None, int | None]:
         """1-based (line, column) of the value at `path` (or of its key), or of the nearest parent.
@@ -274,7 +275,7 @@ def parse_yaml(text: str, file: str) -> Document:
     finally:
         loader.dispose()
     root = (node.start_mark.line + 1, node.start_mark.column + 1) if node is not None else None
-    doc = Document(file=file, data=data, marks=loader.key_marks, root_mark=root)
+    doc = Document(file=file, data=data, marks=loader.key_marks, root_mark=root, text=text)
     doc.duplicates = [
         Problem(
             file, mark.line + 1, mark.column + 1, "", f'duplicate key "{key}" (first given on line {first.line + 1})'
