@@ -147,11 +147,16 @@ class Collector:
     def _alerts(self) -> Iterator[Metric]:
         alerts = CounterMetricFamily(
             "gu1sync_ops_alerts",
-            "Operational alerts, by kind and delivery (sent; failed: the ops channel refused, not sent yet; "
-            "late: sent once it worked again; logged: none set).",
+            "Operational alerts, by kind and delivery (sent; failed: the ops channel refused it; late: of "
+            "those failed, sent once it worked again; logged: none set).",
             labels=["kind", "delivery"],
         )
+        counts: dict[tuple[str, str], int] = {}
         for kind, delivery, count in self.ops.alert_counts():
+            # A failed alert told late stays counted as failed: a counter never goes down.
+            for label in ("failed", "late") if delivery == "late" else (delivery,):
+                counts[kind, label] = counts.get((kind, label), 0) + count
+        for (kind, delivery), count in sorted(counts.items()):
             alerts.add_metric([kind, delivery], count)
         yield alerts
 

@@ -99,8 +99,15 @@ def event_job_limit(config: Config) -> float:
     return REGISTRY.longest_attempt(config.connectors) + EVENT_JOB_SLACK
 
 
-def _set_event() -> threading.Event:
-    event = threading.Event()
+class Readiness(threading.Event):
+    """Set once the database's schema is this code's; `failed` once bringing it up to date failed for
+    another reason than a lock (a person must look: /readyz says so, the log says why)."""
+
+    failed = False
+
+
+def _set_event() -> Readiness:
+    event = Readiness()
     event.set()
     return event
 
@@ -117,7 +124,7 @@ class Runtime:
     connectors: Connectors = field(default_factory=Connectors)
     rng: random.Random = field(default_factory=random.Random)
     # Set once the database's schema is this code's; until then nothing may be stored (see for_service).
-    ready: threading.Event = field(default_factory=_set_event)
+    ready: Readiness = field(default_factory=_set_event)
     _pacer: Pacer | None = field(default=None, repr=False)
 
     @property
@@ -229,11 +236,12 @@ class Runtime:
         return runtime
 
 
-def _migrate_when_free(database: Database, ready: threading.Event) -> None:
+def _migrate_when_free(database: Database, ready: Readiness) -> None:
     try:
         wait_for_database(database, said=True)
-    except StoreUnavailable as exc:  # no longer a lock: the file itself went wrong; /readyz keeps saying so
+    except StoreUnavailable as exc:  # no longer a lock: the file itself went wrong; /readyz says so
         log.error("SQLite at %s cannot be brought up to date: %s", database.path, exc)
+        ready.failed = True
         return
     ready.set()
 

@@ -72,9 +72,21 @@ def _answers(url: str) -> bool:
 
 
 def redis_url_file(var_dir: Path) -> Path:
-    """Where `run` writes the address of the Redis it started, for the commands run beside it (`doctor`,
-    `replay`, `sweep` in another terminal) that would otherwise look for config.yaml's default."""
+    """Where `run` writes the address of the Redis it started (and its own pid), for the commands run
+    beside it (`doctor`, `replay`, `sweep` in another terminal) that would otherwise look for
+    config.yaml's default."""
     return var_dir / "redis" / "url"
+
+
+def started_redis_url(var_dir: Path) -> str | None:
+    """The address of the Redis a `run` still running beside this config started; None when no `run` is
+    (a file left by one killed with -9, or from before a reboot, names a Redis that is gone)."""
+    try:
+        url, pid = redis_url_file(var_dir).read_text().split()[:2]
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return None
+    return url
 
 
 def local_redis_url(var_dir: Path) -> str:
@@ -161,7 +173,7 @@ class Supervisor:
             log.error("%s did not come up at %s (its log: %s)", binary.describe(), url, data / "redis.log")
             return False
         log.info("redis: started %s at %s; data, append-only file and log in %s", binary.describe(), url, data)
-        redis_url_file(self.var_dir).write_text(url + "\n")
+        redis_url_file(self.var_dir).write_text(f"{url}\n{os.getpid()}\n")  # the address, and whose it is
         return True
 
     def run(self, redis_url: str, own_redis: bool) -> int:
@@ -239,8 +251,9 @@ class Supervisor:
         for name, process in self.children:
             process.wait()
             log.info("%s stopped", name)
-        if self.redis is not None and self.redis.poll() is None:
+        if self.redis is not None:
             redis_url_file(self.var_dir).unlink(missing_ok=True)
+        if self.redis is not None and self.redis.poll() is None:
             self.redis.send_signal(signal.SIGTERM)
             self.redis.wait()
             log.info("redis stopped (its data is in %s)", self.var_dir / "redis")

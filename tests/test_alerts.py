@@ -284,6 +284,9 @@ def test_alerts_the_ops_channel_missed_are_told_late_once_it_works_again(ops, wo
     assert alerter.tick() == [] and len(messages()) == 1  # told once
     [row] = OpsLog(ctx.store).alerts()
     assert row["delivery"] == "late" and row["error"]  # why it was late stays with it
+    scrape = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'gu1sync_ops_alerts_total{delivery="failed",kind="backlog"} 1.0' in scrape  # a counter stays up
+    assert 'gu1sync_ops_alerts_total{delivery="late",kind="backlog"} 1.0' in scrape
 
 
 def test_without_an_ops_channel_alerts_are_kept_and_logged_and_gu1_sync_alerts_shows_them(setup, redis_conn):

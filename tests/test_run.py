@@ -21,6 +21,7 @@ from gu1sync.kinds import kind_for
 from gu1sync.redisbin import NOT_FOUND, find_redis_server
 from gu1sync.sendtest import build
 from gu1sync.storage import Store
+from gu1sync.supervisor import redis_url_file, started_redis_url
 from tests.support.emulators.slack import SlackEmulator
 from tests.support.helpers import ROOT, SECRETS, SOURCES_YAML, free_port, wait_until
 
@@ -272,3 +273,14 @@ def test_send_test_builds_what_each_kind_verifies_and_reads(source, generation):
 
         envelope = kind.parse(json.loads(body), Headers(headers))
         assert envelope.type == event and envelope.identity
+
+
+def test_a_redis_address_left_by_a_run_that_died_is_not_used(tmp_path):
+    redis_url_file(tmp_path).parent.mkdir(parents=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    redis_url_file(tmp_path).write_text(f"unix:///x/redis.sock?db=0\n{gone.stdout.strip()}\n")  # kill -9, a reboot
+    assert started_redis_url(tmp_path) is None
+    redis_url_file(tmp_path).write_text(f"unix:///x/redis.sock?db=0\n{os.getpid()}\n")  # a run still running
+    assert started_redis_url(tmp_path) == "unix:///x/redis.sock?db=0"
+    redis_url_file(tmp_path).write_text("unix:///x/redis.sock?db=0\n")  # written by an older gu1-sync
+    assert started_redis_url(tmp_path) is None

@@ -157,6 +157,8 @@ def test_backup_copies_the_file_whatever_its_schema_version(make_config, tmp_pat
     assert oct(copy.stat().st_mode & 0o777) == "0o600"
     assert oct(os.stat(config.storage_path).st_mode & 0o777) == "0o600"
     assert oct(os.stat(config.storage_path + "-wal").st_mode & 0o777) == "0o600"
+    nowhere = CliRunner().invoke(cli, ["--config", config.file, "backup", str(tmp_path / "no" / "x.db")], env=SECRETS)
+    assert nowhere.exit_code == 1 and "backup failed" in nowhere.output  # said, not a traceback
 
 
 def test_backup_ends_while_another_process_keeps_writing(make_config, tmp_path):

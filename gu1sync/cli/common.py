@@ -22,7 +22,7 @@ from ..config import Config, ConfigError, load_config
 from ..core.timeutil import iso, parse_duration, parse_iso, utcnow
 from ..runtime import Runtime
 from ..storage import StoreUnavailable
-from ..supervisor import redis_url_file
+from ..supervisor import started_redis_url
 
 log = logging.getLogger("gu1sync.cli")
 
@@ -76,9 +76,10 @@ def cli(ctx: click.Context, config_path: str, env_file: str | None, log_level: s
         load_dotenv(env_path, override=False)
     # `run` (make run) started a Redis of its own and wrote where: a command run beside it, in another
     # terminal (doctor, replay, sweep, send-test), uses that one, as the processes `run` started do.
-    started = redis_url_file(Path(config_path).resolve().parent / "var")
-    if ctx.invoked_subcommand != "run" and not os.environ.get("REDIS_URL") and started.is_file():
-        os.environ["REDIS_URL"] = started.read_text().strip()
+    if ctx.invoked_subcommand != "run" and not os.environ.get("REDIS_URL"):
+        started = started_redis_url(Path(config_path).resolve().parent / "var")
+        if started is not None:
+            os.environ["REDIS_URL"] = started
     ctx.obj = {"config_path": config_path, "env_file": env_path}
 
 

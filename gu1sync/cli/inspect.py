@@ -84,6 +84,14 @@ def replay(ctx: click.Context, event_id: str | None, action_id: str | None, sinc
         sys.exit(1)
 
 
+def _account() -> str:
+    """The account running this command: its name, or its uid where it has none (a container's)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
 def _audit_replay(
     runtime: Runtime, event_id: str | None, action_id: str | None, moment: str | None, lines: list[str]
 ) -> None:
@@ -95,7 +103,7 @@ def _audit_replay(
         return  # nothing went again: nothing to answer for
     scope, target = ("action", action_id) if action_id else ("event", event_id) if event_id else ("since", moment)
     ConsoleStore(runtime.store).audit(
-        user=f"shell:{os.environ.get('SUDO_USER') or getpass.getuser()}",
+        user=f"shell:{os.environ.get('SUDO_USER') or _account()}",
         action="replay",
         now=utcnow(),
         target=f"{scope}: {target}",

@@ -243,7 +243,8 @@ def readyz():
     try:
         if not svc.runtime.ready.is_set():
             waiting = "waiting for another process's lock to bring the schema up to date"
-            checks["sqlite"] = {"ok": False, "error": waiting}
+            failed = "the schema could not be brought up to date; see the log"
+            checks["sqlite"] = {"ok": False, "error": failed if svc.runtime.ready.failed else waiting}
         else:
             svc.store.check_writable()
             checks["sqlite"] = {"ok": True}

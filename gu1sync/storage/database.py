@@ -120,9 +120,9 @@ class Database:
             raise SchemaMismatch(SchemaState(0, len(MIGRATIONS)).problem(self.path) or self.path)
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
-        if not self.read_only:
-            _private(self.path)
         try:
+            if not self.read_only:
+                _private(self.path)
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
             db = sqlite_utils.Database(conn, execute_plugins=False)
             if self.read_only:
@@ -134,7 +134,7 @@ class Database:
             conn.execute("PRAGMA foreign_keys=ON")
             # Freed space is zeroed, so that a rewritten row or a purged body leaves no copy behind.
             conn.execute("PRAGMA secure_delete=ON")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         return db
 
@@ -301,7 +301,7 @@ class Database:
             _private(destination)
             with sqlite3.connect(destination) as target:
                 self.db.conn.backup(target, pages=-1, progress=step)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(str(exc)) from exc
         return copied[0]
 
