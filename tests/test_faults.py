@@ -180,9 +180,14 @@ def test_salesforce_503_for_a_while(make_stack, org, workspace, record_property)
     stack.start_worker()
     stack.start_worker()
     sender = Sender(stack)
-    sender.start(burst(EVENTS), pace=0.05)
-    wait_until(lambda: len(org.seen("PATCH")) >= 3, what="the first upserts")
+    # The outage starts once upserts land, and the rest of the burst is sent into it: waiting for some
+    # number of calls instead failed when the workers were slow to start and one collection carried
+    # the whole burst (a CI run).
+    events = burst(EVENTS)
+    sender.start(events[: EVENTS // 4], pace=0.05)
+    wait_until(lambda: org.landed, what="the first upserts")
     org.outage(during=OUTAGE)
+    sender.start(events[EVENTS // 4 :], pace=0.05)
     sender.join()
 
     settlement = settle(stack, sender, org, workspace, timeout=LIMIT - 60)

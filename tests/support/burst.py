@@ -88,7 +88,7 @@ class Sender:
         self.deliveries: list[Delivery] = []
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gu1-sender")
         self._futures: list = []
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def send(self, document: dict) -> Delivery:
         delivery = Delivery(document)
@@ -121,24 +121,26 @@ class Sender:
         return response.status, answer, response.getheader("Retry-After")
 
     def start(self, documents: list[dict], *, pace: float = 0.0) -> None:
-        """Send `documents` in the background, one every `pace` seconds, several at a time."""
+        """Send `documents` in the background, one every `pace` seconds, several at a time (again while a
+        burst is going: the two go side by side)."""
 
         def feed() -> None:
             for document in documents:
                 self._futures.append(self._pool.submit(self.send, document))
                 time.sleep(pace)
 
-        self._thread = threading.Thread(target=feed, name="gu1-burst", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=feed, name="gu1-burst", daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def sending(self) -> bool:
         """Whether the burst is still going."""
-        return (self._thread is not None and self._thread.is_alive()) or any(not f.done() for f in self._futures)
+        return any(t.is_alive() for t in self._threads) or any(not f.done() for f in self._futures)
 
     def join(self, timeout: float = 60) -> None:
         """Wait for every delivery (with its retries) to end; a sender thread's error is raised here."""
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
         for future in self._futures:
             future.result(timeout)
         self._pool.shutdown()
