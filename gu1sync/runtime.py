@@ -31,7 +31,17 @@ from .config import Config, ConfigError, load_config
 from .core.timeutil import Clock, utcnow
 from .pacing import Pacer
 from .queue import EventQueue
-from .storage import ActionLog, Database, SchemaMismatch, SchemaState, Store, StoreUnavailable, lock_held
+from .storage import (
+    ActionLog,
+    SchemaMismatch,
+    SchemaState,
+    Store,
+    StoreUnavailable,
+    engine_name,
+    lock_held,
+    open_database,
+)
+from .storage.engine import AnyDatabase
 from .storage.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -179,7 +189,7 @@ class Runtime:
         arbiter down with it. `redis`: a connection to use (the tests').
         """
         worker = role == "worker"
-        database = Database(config.storage_path, config.storage.busy_timeout, clock, durable=not worker)
+        database = open_database(config.storage_url, config.storage.busy_timeout, clock, durable=not worker)
         ready = _set_event()
         if worker:
             wait_for_database(database)
@@ -191,8 +201,9 @@ class Runtime:
                     raise  # an unreadable or missing file is for a person to see, at once
                 ready.clear()
                 log.warning(
-                    "SQLite at %s is held by another process (%s): the %s starts now, answers /healthz, and "
-                    "takes events once the lock is free and its schema is up to date",
+                    "%s at %s is held by another process or not answering (%s): the %s starts now, answers "
+                    "/healthz, and takes events once it is free and its schema is up to date",
+                    engine_name(database),
                     database.path,
                     exc,
                     role,
@@ -218,10 +229,10 @@ class Runtime:
         this code (unless `any_schema`: a command that copies the file, such as `backup`, takes any
         version); StoreUnavailable when it cannot be read at all.
         """
-        path = config.storage_path
-        if not os.path.exists(path):
+        if config.storage.engine == "sqlite" and not os.path.exists(config.storage_path):
+            path = config.storage_path
             raise SchemaMismatch(SchemaState(0, len(MIGRATIONS)).problem(path) or path)
-        database = Database(path, config.storage.busy_timeout, read_only=not writes)
+        database = open_database(config.storage_url, config.storage.busy_timeout, read_only=not writes)
         if not any_schema:
             database.check_schema()
         store = Store(database)
@@ -236,17 +247,17 @@ class Runtime:
         return runtime
 
 
-def _migrate_when_free(database: Database, ready: Readiness) -> None:
+def _migrate_when_free(database: AnyDatabase, ready: Readiness) -> None:
     try:
         wait_for_database(database, said=True)
     except StoreUnavailable as exc:  # no longer a lock: the file itself went wrong; /readyz says so
-        log.error("SQLite at %s cannot be brought up to date: %s", database.path, exc)
+        log.error("%s at %s cannot be brought up to date: %s", engine_name(database), database.path, exc)
         ready.failed = True
         return
     ready.set()
 
 
-def wait_for_database(database: Database, *, said: bool = False) -> None:
+def wait_for_database(database: AnyDatabase, *, said: bool = False) -> None:
     """Bring the schema up to date, waiting while another process holds the lock for longer than
     busy_timeout (a backup, a VACUUM, someone's sqlite3 shell): a worker starting then must not end.
     `said`: the wait was announced already."""
@@ -254,12 +265,12 @@ def wait_for_database(database: Database, *, said: bool = False) -> None:
         try:
             database.migrate()
             if said:
-                log.info("SQLite at %s takes writes again", database.path)
+                log.info("%s at %s takes writes again", engine_name(database), database.path)
             return
         except StoreUnavailable as exc:
             if not lock_held(exc):
                 raise  # not a lock: an unreadable or missing file is for a person to see, at once
             if not said:
-                log.warning("waiting for SQLite at %s: %s", database.path, exc)
+                log.warning("waiting for %s at %s: %s", engine_name(database), database.path, exc)
                 said = True
             time.sleep(1)

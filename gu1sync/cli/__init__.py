@@ -4,7 +4,7 @@ commands share are in `common`; the commands, one module per family:
 - `service`: run, serve, worker, sweep;
 - `rules`: check, simulate, schema;
 - `inspect`: events, show, failed, replay, stats, alerts, doctor, send-test;
-- `data`: backup, purge;
+- `data`: backup, purge, migrate-storage;
 - `console`: console, console-user.
 """
 

@@ -1,5 +1,6 @@
 """Commands that look after the data itself: `backup` (a consistent copy of the database while
-everything runs) and `purge` (remove personal data by age, or one data subject's)."""
+everything runs), `purge` (remove personal data by age, or one data subject's) and `migrate-storage`
+(a SQLite file copied into PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 import click
 
 from ..core.timeutil import iso, utcnow
-from ..storage import StoreUnavailable, retention
+from ..storage import Database, StoreUnavailable, is_postgres, retention
+from ..storage.postgres import PostgresDatabase, display_url
+from ..storage.transfer import TransferError, copy_to_postgres
 from .common import cli, command_runtime, config_of, fail, older_than, progress
 
 
@@ -19,6 +22,13 @@ from .common import cli, command_runtime, config_of, fail, older_than, progress
 @click.pass_context
 def backup(ctx: click.Context, destination: str) -> None:
     """Copy the SQLite file to DESTINATION, consistently, while everything keeps running."""
+    config = config_of(ctx)
+    if config.storage.engine == "postgresql":
+        fail(
+            f"the events are in PostgreSQL ({display_url(config.storage_url)}): back it up with PostgreSQL's own "
+            "tools, e.g. pg_dump --format=custom --file=gu1-sync.dump <the database URL> (or your provider's "
+            "snapshots); `backup` copies a SQLite file"
+        )
     if Path(destination).exists():
         raise click.BadParameter(f"{destination} exists; choose a new file", param_hint="DESTINATION")
     runtime = command_runtime(ctx, any_schema=True)  # a copy of the file, whatever its version (before an upgrade)
@@ -96,3 +106,47 @@ def purge(ctx: click.Context, older_than_text: str | None, subject: str | None, 
         )
         if subject is not None:
             sys.exit(1)
+
+
+@cli.command("migrate-storage")
+@click.option(
+    "--to",
+    "target_url",
+    required=True,
+    help="postgresql://user@host:5432/database: an empty database (the password: PGPASSWORD, or in the URL).",
+)
+@click.option(
+    "--from",
+    "source_path",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The SQLite file to copy (default: storage.path of the config).",
+)
+@click.pass_context
+def migrate_storage(ctx: click.Context, target_url: str, source_path: str | None) -> None:
+    """Copy the SQLite file into an empty PostgreSQL database, then check every table's count."""
+    if not is_postgres(target_url):
+        raise click.BadParameter("expected postgresql://user@host:5432/database", param_hint="--to")
+    config = config_of(ctx)
+    if source_path is None:
+        if config.storage.engine != "sqlite":
+            raise click.UsageError("storage.url already names PostgreSQL: give the SQLite file with --from")
+        source_path = config.storage_path
+    if not Path(source_path).exists():
+        fail(f"{source_path} does not exist: nothing to copy")
+    shown = display_url(target_url)
+    source = Database(source_path, config.storage.busy_timeout, read_only=True)
+    target = PostgresDatabase(target_url, config.storage.busy_timeout)
+    try:
+        with progress("copy (rows)") as told:
+            result = copy_to_postgres(source, target, progress=told)
+    except (StoreUnavailable, TransferError) as exc:
+        fail(f"migrate-storage failed: {exc}")
+    finally:
+        target.close()
+    for table, (rows, counted) in result.counts.items():
+        click.echo(f"  {table:<18} {rows:>9} row(s) copied, {counted:>9} counted in PostgreSQL")
+    click.echo(
+        f"copied {result.rows} row(s) of {source_path} into {shown}; every count matches.\n"
+        f"Next: set storage.url to that URL in config.yaml (the password as ${{VAR}}), start the receivers and "
+        f"workers, and keep {source_path} until you are satisfied."
+    )

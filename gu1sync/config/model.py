@@ -42,6 +42,11 @@ Retention = duration(
 class StorageSettings(StrictModel):
     """Where accepted events and their history are kept."""
 
+    url: str | None = Field(
+        None,
+        description="Where events are kept: sqlite:///var/gu1-sync.db (one box; the default, made from `path`) "
+        "or postgresql://user@host:5432/db (several boxes; the password from ${VAR} or PGPASSWORD).",
+    )
     path: str = Field("var/gu1-sync.db", description="SQLite file; a relative path is relative to config.yaml.")
     busy_timeout: Duration = Field(5, description="How long to wait for a lock held by another process.")
     retention: Retention = Field(
@@ -50,6 +55,24 @@ class StorageSettings(StrictModel):
         description="How long the personal data of a finished event is kept (its body, the rules' reasons, "
         "rendered requests, error texts); the audit trail of ids, statuses and outcomes stays. `keep`: forever.",
     )
+
+    @model_validator(mode="after")
+    def _one_place(self) -> StorageSettings:
+        if self.url is None:
+            return self
+        if not self.url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("url: expected sqlite:///path/to/file.db or postgresql://user@host:5432/database")
+        if "path" in self.model_fields_set:
+            raise ValueError("give url or path, not both (url: sqlite:///... is the path as a URL)")
+        if self.url.startswith("sqlite:///"):
+            if not self.url.removeprefix("sqlite:///"):
+                raise ValueError("url: sqlite:/// needs a file, e.g. sqlite:///var/gu1-sync.db")
+            object.__setattr__(self, "path", self.url.removeprefix("sqlite:///"))  # what the rest reads
+        return self
+
+    @property
+    def engine(self) -> Literal["sqlite", "postgresql"]:
+        return "postgresql" if self.url is not None and not self.url.startswith("sqlite:") else "sqlite"
 
 
 class QueueSettings(StrictModel):
@@ -282,5 +305,12 @@ class Config(StrictModel):
 
     @property
     def storage_path(self) -> str:
-        """The SQLite file, resolved against the config file's directory."""
+        """The SQLite file, resolved against the config file's directory (unused on PostgreSQL)."""
         return os.path.join(self._base_dir, os.path.expanduser(self.storage.path))
+
+    @property
+    def storage_url(self) -> str:
+        """Where events are kept: the PostgreSQL URL, or the SQLite file as sqlite:///<absolute path>."""
+        if self.storage.engine == "postgresql":
+            return str(self.storage.url)
+        return "sqlite:///" + os.path.abspath(self.storage_path)

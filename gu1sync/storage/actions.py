@@ -187,7 +187,7 @@ class ActionLog:
             """UPDATE actions SET status = ?, error = ?, error_code = ?, status_code = ?, result = ?,
                       next_attempt_at = ?,
                       job_id = COALESCE(?, job_id), lease_until = NULL, updated_at = ?,
-                      finished_at = CASE WHEN ? THEN ? ELSE finished_at END,
+                      finished_at = CASE WHEN ? = 1 THEN ? ELSE finished_at END,
                       attempts = attempts - ?
                WHERE id = ? AND status = ? AND attempts = ?""",
             (
@@ -361,18 +361,23 @@ class ActionLog:
         """Per rule and per connector: totals, successes, failures, last success, last failure."""
         in_flight = _listed(IN_FLIGHT_ACTION_STATUSES)
         not_sent = _listed(NOT_SENT_ACTION_STATUSES)
+        # The last failure from a grouped join, not a subquery per group: PostgreSQL refuses a subquery
+        # that reads an ungrouped column of the outer query.
         query = f"""
+            SELECT s.*, f.last_failure FROM (
             SELECT {{key}} AS name,
                    COUNT(*) AS total,
                    SUM(CASE WHEN status = '{ActionStatus.DONE}' THEN 1 ELSE 0 END) AS succeeded,
                    SUM(CASE WHEN status = '{ActionStatus.DEAD}' THEN 1 ELSE 0 END) AS failed,
                    SUM(CASE WHEN status IN ({in_flight}) THEN 1 ELSE 0 END) AS in_flight,
                    SUM(CASE WHEN status IN ({not_sent}) THEN 1 ELSE 0 END) AS not_sent,
-                   MAX(CASE WHEN status = '{ActionStatus.DONE}' THEN finished_at END) AS last_success,
-                   (SELECT MAX(t.finished_at) FROM attempts t JOIN actions b ON b.id = t.action_id
-                     WHERE {{key_b}} = {{key}} AND t.outcome IN ('{AttemptOutcome.FAILED}', '{AttemptOutcome.RETRY}'))
-                     AS last_failure
-            FROM actions a GROUP BY name ORDER BY name"""
+                   MAX(CASE WHEN status = '{ActionStatus.DONE}' THEN finished_at END) AS last_success
+            FROM actions a GROUP BY {{key}}) s
+            LEFT JOIN (SELECT {{key_b}} AS name, MAX(t.finished_at) AS last_failure
+                       FROM attempts t JOIN actions b ON b.id = t.action_id
+                       WHERE t.outcome IN ('{AttemptOutcome.FAILED}', '{AttemptOutcome.RETRY}') GROUP BY {{key_b}}) f
+              ON f.name = s.name
+            ORDER BY s.name"""
         connector = "substr({t}.type, 1, instr({t}.type, '.') - 1)"
         return {
             "rules": self.database.rows(query.format(key="a.rule", key_b="b.rule")),

@@ -104,7 +104,8 @@ class ConsoleStore:
         """Write who did what, when and from where; its id."""
         with self.store.transaction() as conn:
             cursor = conn.execute(
-                "INSERT INTO console_audit (at, user, action, target, detail, address) VALUES (?, ?, ?, ?, ?, ?)",
+                'INSERT INTO console_audit (at, "user", action, target, detail, address) VALUES (?, ?, ?, ?, ?, ?) '
+                "RETURNING id",
                 (
                     iso(now),
                     user,
@@ -114,7 +115,7 @@ class ConsoleStore:
                     address,
                 ),
             )
-            return int(cursor.lastrowid)
+            return int(cursor.fetchone()[0])
 
     def audit_entry(self, entry_id: int) -> dict | None:
         rows = self.database.rows("SELECT * FROM console_audit WHERE id = ?", (entry_id,))
@@ -226,7 +227,7 @@ class ConsoleStore:
         rows = self.database.rows(
             f"""SELECT e.id, e.received_at, e.source, e.type, e.status, e.outcome, e.purged_at,
                        (SELECT group_concat(status || ':' || n, ' ') FROM
-                          (SELECT status, COUNT(*) AS n FROM actions a WHERE a.event_id = e.id GROUP BY status))
+                          (SELECT status, COUNT(*) AS n FROM actions a WHERE a.event_id = e.id GROUP BY status) AS c)
                          AS actions
                 FROM events e WHERE {" AND ".join(where)}
                 ORDER BY e.received_at DESC, e.id DESC LIMIT ?""",
@@ -282,7 +283,8 @@ class ConsoleStore:
     def matches_since(self, since: datetime) -> dict[str, int]:
         """How many events each rule matched since then."""
         rows = self.database.all(
-            "SELECT rule, COUNT(*) FROM evaluations WHERE evaluated_at >= ? AND matched GROUP BY rule", (iso(since),)
+            "SELECT rule, COUNT(*) FROM evaluations WHERE evaluated_at >= ? AND matched != 0 GROUP BY rule",
+            (iso(since),),
         )
         return {rule: count for rule, count in rows}
 

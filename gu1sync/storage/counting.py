@@ -27,7 +27,7 @@ def count(conn: sqlite3.Connection, name: str, labels: dict[str, str], amount: f
     """Add `amount` to a counter, inside the caller's transaction."""
     conn.execute(
         """INSERT INTO counters (name, labels, value) VALUES (?, ?, ?)
-           ON CONFLICT(name, labels) DO UPDATE SET value = value + excluded.value""",
+           ON CONFLICT(name, labels) DO UPDATE SET value = counters.value + excluded.value""",
         (name, labels_key(labels), amount),
     )
 

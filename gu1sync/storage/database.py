@@ -33,8 +33,13 @@ class StoreUnavailable(Exception):
 
 def lock_held(exc: StoreUnavailable) -> bool:
     """Whether `exc` says another process held the database's lock past busy_timeout (a backup, a
-    VACUUM, someone's sqlite3 shell): worth waiting for, unlike an unreadable or missing file."""
-    return "locked" in str(exc) or "busy" in str(exc)
+    VACUUM, someone's sqlite3 shell), or that the PostgreSQL server did not answer (restarting, a
+    fail-over): worth waiting for, unlike an unreadable or missing file or a refused password."""
+    text = str(exc)
+    return "locked" in text or "busy" in text or (_UNREACHABLE in text and "password" not in text)
+
+
+_UNREACHABLE = "cannot reach PostgreSQL"
 
 
 class SchemaMismatch(StoreUnavailable):
@@ -84,6 +89,8 @@ class Database:
     `read_only=True` (the operator commands that only look): nothing is written, not even the switch
     to WAL mode, and no wait is longer than the busy timeout.
     """
+
+    dialect = "sqlite"
 
     def __init__(
         self,

@@ -22,7 +22,7 @@ from ..core.timeutil import Clock, iso, utcnow
 from ..kinds import payload_of
 from . import groups
 from .counting import count
-from .database import Database
+from .engine import AnyDatabase, open_database
 
 if TYPE_CHECKING:
     from rules.engine import RuleResult
@@ -53,8 +53,8 @@ def event_from_row(row: dict[str, Any]) -> Event:
 class Store:
     """Events and what became of them, in a Database (given, or opened at `path`)."""
 
-    def __init__(self, path: str | Database, busy_timeout: float = 5.0, clock: Clock = utcnow, *, durable: bool = True):
-        self.database = path if isinstance(path, Database) else Database(path, busy_timeout, clock, durable=durable)
+    def __init__(self, path: str | AnyDatabase, busy_timeout: float = 5.0, clock: Clock = utcnow, *, durable=True):
+        self.database = open_database(path, busy_timeout, clock, durable=durable) if isinstance(path, str) else path
 
     # The database's handle, for those that hold a Store.
     @property
@@ -124,7 +124,7 @@ class Store:
                 if new:  # the ids it can be found by (the console's search)
                     keys = dict.fromkeys([*([event.subject] if event.subject else []), *search_keys(event.payload)])
                     conn.executemany(
-                        "INSERT OR IGNORE INTO event_keys (key, event_id) VALUES (?, ?)",
+                        "INSERT INTO event_keys (key, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
                         [(key, event.id) for key in keys],
                     )
                 outcome = "invalid" if event.status == EventStatus.INVALID else "accepted" if new else "duplicate"
@@ -146,13 +146,13 @@ class Store:
         with self.database.transaction(durable=False) as conn:
             conn.execute(
                 """INSERT INTO rejections (source, reason, status, count, first_at, last_at)
-                   VALUES (?, ?, ?, 1, ?, ?)
-                   ON CONFLICT(source, reason) DO UPDATE SET count = count + 1, last_at = excluded.last_at""",
+                   VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(source, reason)
+                   DO UPDATE SET count = rejections.count + 1, last_at = excluded.last_at""",
                 (source, reason, status, now, now),
             )
             conn.execute(  # by the second: how many a source refused lately (the ops alerts ask)
                 """INSERT INTO rejection_seconds (source, reason, second, count) VALUES (?, ?, ?, 1)
-                   ON CONFLICT(source, reason, second) DO UPDATE SET count = count + 1""",
+                   ON CONFLICT(source, reason, second) DO UPDATE SET count = rejection_seconds.count + 1""",
                 (source, reason, now[:19]),
             )
 

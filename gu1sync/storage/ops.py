@@ -196,11 +196,11 @@ class OpsLog:
         """Keep an alert (before it is sent) and move its state: `firing` True or False, None for a digest.
         `since`: when what it tells of began (kept as the state's start when it changes), else now."""
         with self.database.transaction() as conn:
-            cursor = conn.execute(
+            alert_id = conn.execute(
                 """INSERT INTO alerts (kind, key, state, title, text, created_at, delivery)
-                   VALUES (?, ?, ?, ?, ?, ?, 'pending')""",
+                   VALUES (?, ?, ?, ?, ?, ?, 'pending') RETURNING id""",
                 (kind, key, state, title, text, iso(now)),
-            )
+            ).fetchone()[0]
             conn.execute(
                 """INSERT INTO alert_states (kind, key, firing, since, last_sent_at) VALUES (?, ?, ?, ?, ?)
                    ON CONFLICT(kind, key) DO UPDATE SET firing = excluded.firing,
@@ -209,7 +209,7 @@ class OpsLog:
                        last_sent_at = excluded.last_sent_at""",
                 (kind, key, int(bool(firing)), since or iso(now), iso(now)),
             )
-            return int(cursor.lastrowid)
+            return int(alert_id)
 
     def delivered(self, alert_id: int, delivery: str, error: str | None = None) -> None:
         """How the alert went out: sent, failed (with why), late (sent once the ops channel worked again,

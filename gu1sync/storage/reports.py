@@ -13,10 +13,10 @@ def recent_events(store: Store, limit: int = 20, status: str | None = None) -> l
     where, args = ("WHERE e.status = ?", [status]) if status else ("", [])
     rows = store.database.rows(
         f"""SELECT e.id, e.received_at, e.source, e.type, e.status, e.outcome, e.error,
-                       (SELECT COUNT(*) FROM evaluations v WHERE v.event_id = e.id AND v.matched) AS matched,
+                       (SELECT COUNT(*) FROM evaluations v WHERE v.event_id = e.id AND v.matched != 0) AS matched,
                        (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id) AS deliveries,
                        (SELECT group_concat(status || ':' || n, ' ') FROM
-                          (SELECT status, COUNT(*) AS n FROM actions a WHERE a.event_id = e.id GROUP BY status))
+                          (SELECT status, COUNT(*) AS n FROM actions a WHERE a.event_id = e.id GROUP BY status) AS c)
                          AS actions
                 FROM events e {where} ORDER BY e.received_at DESC LIMIT ?""",
         (*args, limit),

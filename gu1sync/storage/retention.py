@@ -89,10 +89,10 @@ def _redact(conn: sqlite3.Connection, ids: list[str], now: datetime, erase: bool
     marks = ",".join("?" * len(ids))
     done = Purge()
     done.events = conn.execute(
-        f"""UPDATE events SET raw = x'', subject = NULL, dedupe_key = kind || ':' || environment || ':purged',
+        f"""UPDATE events SET raw = ?, subject = NULL, dedupe_key = kind || ':' || environment || ':purged',
                   error = CASE WHEN status = '{INVALID}' THEN error END, purged_at = ?
             WHERE id IN ({marks}) AND purged_at IS NULL""",
-        (iso(now), *ids),
+        (b"", iso(now), *ids),
     ).rowcount
     done.evaluations = conn.execute(
         f"""UPDATE evaluations SET reason = NULL, throttle_key = NULL, error = NULL
@@ -226,7 +226,9 @@ def subject_events(store: Store, subject: str) -> list[str]:
     # The id as written in a body, or as JSON may escape it (non-ASCII as \uXXXX, / as \/).
     written = [subject, json.dumps(subject)[1:-1], subject.replace("/", "\\/")]
     needles = list(dict.fromkeys(text.encode() for text in written))
-    where = " OR ".join("instr(raw, ?) > 0" for _ in needles)
+    # instr on SQLite's BLOB; position on PostgreSQL's bytea (whose strpos takes text only).
+    found_in = "position(? in raw) > 0" if store.database.dialect == "postgresql" else "instr(raw, ?) > 0"
+    where = " OR ".join(found_in for _ in needles)
     after = 0
     while True:
         rows = store.database.all(

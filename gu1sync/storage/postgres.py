@@ -1,0 +1,485 @@
+"""PostgreSQL as the system of record, for receivers and workers on several machines.
+
+`PostgresDatabase` has the interface of the SQLite `Database` (rows, one, all, transaction, trial,
+migrate, schema, check_writable...), so that the modules beside it run their queries on either engine
+unchanged. Their SQL is written once, in SQLite's dialect where the two differ; `translate` turns it
+into PostgreSQL's (placeholders, two function names), once per statement.
+
+How the SQLite guarantees carry over:
+
+- **One writer at a time.** Every write transaction takes one transaction-level advisory lock first
+  (`pg_advisory_xact_lock`), as SQLite's BEGIN IMMEDIATE takes the file's write lock: writers of every
+  process on every machine queue on it, for at most `storage.busy_timeout` (`lock_timeout`), and each
+  sees everything the one before it committed. The claims and leases of events and actions, the
+  order of writes per record, throttle windows and groups are then exactly what they are on SQLite;
+  readers never wait (MVCC). A write holds the lock for a fraction of a millisecond plus a round trip.
+- **Durable before the 2xx.** The receiver commits with `synchronous_commit` on (PostgreSQL's default);
+  the workers' bookkeeping with it off, as they run SQLite at synchronous=NORMAL.
+- **Dedupe.** The event's id is its primary key; `ON CONFLICT DO NOTHING` stores a delivery twice
+  answered by two receivers once.
+- **Migrations once.** `migrate` runs under the same lock: a second process starting at the same
+  moment waits, then finds the schema current.
+
+Connections come from a psycopg pool per process (never shared across a fork), opened lazily and
+checked before use, so that a database restarted under a running process costs the requests of that
+moment (a 503, Gu1 retries) and nothing after.
+
+The module is long because it is the whole engine behind the one interface (connections, the
+translation, transactions and the lock, the schema, maintenance), kept together as `database` is.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..core.timeutil import Clock, iso, utcnow
+from .database import SchemaMismatch, SchemaState, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+# The schema at each version, as PostgreSQL DDL: SCHEMA brings an empty database to SCHEMA_VERSION (the
+# SQLite schema after its migrations 1-8); UPGRADES[n] takes a database at version n to n + 1. Append
+# only, like migrations.MIGRATIONS, and in step with it (tests/test_postgres.py compares the two).
+SCHEMA_VERSION = 8
+UPGRADES: dict[int, str] = {}
+
+# The key of the one advisory lock every write transaction takes ("gu1sync" as a number).
+WRITE_LOCK = 0x6775317379_6E63
+
+_OPEN: weakref.WeakSet[PostgresDatabase] = weakref.WeakSet()  # those with a pool open in this process
+
+
+def close_all() -> None:
+    """Close every pool this process opened (a test's teardown; a command that is done)."""
+    for database in list(_OPEN):
+        database.close()
+
+
+def display_url(url: str) -> str:
+    """`url` as it may be shown and logged: any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+
+
+_TOKENS = re.compile(r"""'(?:[^']|'')*'|"(?:[^"])*"|\?|(?<![:\w]):([A-Za-z_]\w*)|%|\b(group_concat|instr)\(""", re.I)
+_FUNCTIONS = {"group_concat": "string_agg(", "instr": "strpos("}
+
+
+@functools.lru_cache(maxsize=1024)
+def translate(sql: str) -> str:
+    """SQLite's dialect, as the storage modules write it, in PostgreSQL's: `?` and `:name` placeholders
+    as psycopg's, a literal % doubled, group_concat and instr by their PostgreSQL names. Text in quotes
+    is left as it is."""
+
+    def swap(match: re.Match) -> str:
+        token = match.group(0)
+        if token[0] in "'\"":
+            return token.replace("%", "%%")
+        if token == "?":
+            return "%s"
+        if token == "%":
+            return "%%"
+        if match.group(1):
+            return f"%({match.group(1)})s"
+        return _FUNCTIONS[match.group(2).lower()]
+
+    return _TOKENS.sub(swap, sql)
+
+
+class Cursor:
+    """What an `execute` returns: sqlite3's cursor as the storage modules use it."""
+
+    def __init__(self, cursor: Any):
+        self._cursor = cursor
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    def fetchone(self) -> tuple | None:
+        return self._cursor.fetchone() if self._cursor.description else None
+
+    def fetchall(self) -> list[tuple]:
+        return self._cursor.fetchall() if self._cursor.description else []
+
+    def __iter__(self) -> Iterator[tuple]:
+        return iter(self.fetchall())
+
+
+class Connection:
+    """A psycopg connection that takes the storage modules' SQL (sqlite3.Connection's execute)."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+
+    def execute(self, sql: str, params: Any = ()) -> Cursor:
+        return Cursor(self.conn.execute(translate(sql), _params(params)))
+
+    def executemany(self, sql: str, rows: Any) -> Cursor:
+        cursor = self.conn.cursor()
+        cursor.executemany(translate(sql), [_params(row) for row in rows])
+        return Cursor(cursor)
+
+    def query(self, sql: str, params: Any = ()) -> Iterator[dict[str, Any]]:
+        """Rows as dicts (sqlite_utils.Database.query)."""
+        cursor = self.conn.execute(translate(sql), _params(params))
+        if not cursor.description:
+            return iter(())
+        names = [column.name for column in cursor.description]
+        return (dict(zip(names, row, strict=True)) for row in cursor.fetchall())
+
+
+def _params(params: Any) -> Any:
+    if isinstance(params, dict):
+        return params
+    return tuple(params) if params is not None else ()
+
+
+@functools.cache
+def _adapters() -> tuple[type, type]:
+    """How values cross: a bool as 0 or 1 (SQLite's integers), SUM and AVG's numeric as int or float."""
+    import psycopg
+    from psycopg.adapt import Dumper, Loader
+
+    class BoolAsInt(Dumper):
+        oid = psycopg.adapters.types["int8"].oid
+
+        def dump(self, obj: bool) -> bytes:
+            return b"1" if obj else b"0"
+
+    class Numeric(Loader):
+        def load(self, data: Any) -> int | float:
+            text = bytes(data).decode()
+            return float(text) if "." in text or "e" in text.lower() or text in ("NaN", "Infinity") else int(text)
+
+    return BoolAsInt, Numeric
+
+
+def _configure(conn: Any) -> None:
+    """Each new connection of the pool: the adapters above."""
+    bool_as_int, numeric = _adapters()
+    conn.adapters.register_dumper(bool, bool_as_int)
+    conn.adapters.register_loader("numeric", numeric)
+
+
+class PostgresDatabase:
+    """A PostgreSQL database, shared by every receiver and worker that names it in `storage.url`.
+
+    `durable`, `read_only` and `busy_timeout` mean what they mean for the SQLite Database.
+    """
+
+    dialect = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        busy_timeout: float = 5.0,
+        clock: Clock = utcnow,
+        *,
+        durable: bool = True,
+        read_only: bool = False,
+        pool_size: int = 8,
+    ):
+        self.url = url
+        self.path = display_url(url)  # what messages name; never the password
+        self.busy_timeout = busy_timeout
+        self.clock = clock
+        self.durable = durable
+        self.read_only = read_only
+        self.pool_size = pool_size
+        self._pool: Any = None
+        self._pool_pid: int | None = None
+        self._pool_lock = threading.Lock()
+        self._local = threading.local()
+
+    # -- connections ------------------------------------------------------------------------------
+
+    def _connections(self) -> Any:
+        """This process's pool, opened on first use (and again after a fork)."""
+        if self._pool is not None and self._pool_pid == os.getpid():
+            return self._pool
+        with self._pool_lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                from psycopg_pool import ConnectionPool
+
+                options = "-c default_transaction_read_only=on" if self.read_only else ""
+                self._pool = ConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    timeout=self.busy_timeout,
+                    kwargs={
+                        "autocommit": True,
+                        "connect_timeout": max(2, int(self.busy_timeout)),
+                        "application_name": "gu1-sync",
+                        **({"options": options} if options else {}),
+                    },
+                    configure=_configure,
+                    check=ConnectionPool.check_connection,
+                    open=False,
+                    name="gu1-sync",
+                )
+                self._pool.open(wait=False)
+                self._pool_pid = os.getpid()
+                _OPEN.add(self)
+        return self._pool
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        """The connection of this thread's open transaction, else one from the pool for one statement."""
+        current = getattr(self._local, "conn", None)
+        if current is not None:
+            yield current
+            return
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        try:
+            with self._connections().connection(timeout=self.busy_timeout) as conn:
+                yield Connection(conn)
+        except PoolTimeout as exc:
+            raise StoreUnavailable(f"cannot reach PostgreSQL at {self.path}: {exc}") from exc
+        except psycopg.Error as exc:
+            raise _unavailable(exc, self.path) from exc
+
+    @property
+    def db(self) -> Any:
+        """A handle with execute and query (for tests and tools that look inside the database)."""
+        return _Handle(self)
+
+    def close(self) -> None:
+        """Close this process's pool (its connections)."""
+        if self._pool is not None and self._pool_pid == os.getpid():
+            self._pool.close()
+        self._pool = None
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def rows(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        """Every row a query returns, as dicts."""
+        with self._connection() as conn:
+            return list(conn.query(sql, params))
+
+    def one(self, sql: str, params: Any = ()) -> tuple | None:
+        """The first row a query returns, as a tuple, or None."""
+        with self._connection() as conn:
+            return conn.execute(sql, params).fetchone()
+
+    def all(self, sql: str, params: Any = ()) -> list[tuple]:
+        """Every row a query returns, as tuples."""
+        with self._connection() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self, *, durable: bool = True) -> Iterator[Connection]:
+        """A write transaction: the write lock first, then what the block does, committed on exit."""
+        if self.read_only:
+            raise StoreUnavailable("this command only reads the database")
+        with self._transaction(commit=True, durable=durable and self.durable) as conn:
+            yield conn
+
+    @contextmanager
+    def trial(self) -> Iterator[Connection]:
+        """A write transaction that always rolls back (a dry run shows what a change would do)."""
+        with self._transaction(commit=False, durable=False) as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self, *, commit: bool, durable: bool) -> Iterator[Connection]:
+        if getattr(self._local, "conn", None) is not None:
+            raise RuntimeError("a transaction is already open in this thread")
+        import psycopg
+
+        with self._connection() as conn:
+            raw = conn.conn
+            try:
+                # One round trip: begin, how long to wait for the lock, how durable, the lock.
+                raw.execute(
+                    f"BEGIN; SET LOCAL lock_timeout = {int(self.busy_timeout * 1000)};"
+                    f"{'' if durable else ' SET LOCAL synchronous_commit = off;'}"
+                    f" SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+                )
+            except psycopg.Error as exc:
+                _rollback(raw)
+                raise _unavailable(exc, self.path) from exc
+            self._local.conn = conn
+            try:
+                yield conn
+                raw.execute("COMMIT" if commit else "ROLLBACK")
+            except psycopg.Error as exc:
+                _rollback(raw)
+                raise _unavailable(exc, self.path) from exc
+            except BaseException:
+                _rollback(raw)
+                raise
+            finally:
+                self._local.conn = None
+
+    # -- the schema -------------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Bring the schema up to date; under the write lock, so two processes starting at once apply it once."""
+        with self.transaction() as conn:
+            version = self._version(conn)
+            if version == 0:
+                conn.conn.execute(schema_ddl())
+                version = SCHEMA_VERSION
+            while version in UPGRADES:
+                conn.conn.execute(UPGRADES[version])
+                version += 1
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(version),),
+            )
+        return version
+
+    @staticmethod
+    def _version(conn: Connection) -> int:
+        row = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
+        if not row or not row[0]:
+            return 0
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def expected_version() -> int:
+        return SCHEMA_VERSION + len(UPGRADES)
+
+    def schema(self) -> SchemaState:
+        """The schema version in the database, next to the one this code writes (reads only)."""
+        with self._connection() as conn:
+            return SchemaState(self._version(conn), self.expected_version())
+
+    def check_schema(self) -> None:
+        """SchemaMismatch, saying what to do, unless the database's schema is this code's."""
+        problem = self.schema().problem(self.path)
+        if problem is not None:
+            raise SchemaMismatch(problem)
+
+    def check_writable(self) -> None:
+        """Prove the database takes a write (for /readyz); raises StoreUnavailable if not."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('ready_check', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (iso(self.clock()),),
+            )
+
+    # -- maintenance ------------------------------------------------------------------------------
+
+    def backup(self, destination: str, progress: Callable[[int, int], None] | None = None) -> int:
+        raise StoreUnavailable(
+            f"the events are in PostgreSQL ({self.path}): back it up with pg_dump, e.g. "
+            f"pg_dump --format=custom --file={destination} <the database's URL>; `gu1-sync backup` copies SQLite files"
+        )
+
+    def truncate_wal(self, attempts: int = 3) -> bool:
+        """Nothing to do: PostgreSQL recycles its WAL itself. True, as for an emptied one."""
+        return True
+
+    def checkpoint(self) -> None:
+        """Nothing to do on PostgreSQL (the receiver's group commit calls it for SQLite)."""
+
+    def hold_checkpoints(self) -> None:
+        """Nothing to do on PostgreSQL (see checkpoint)."""
+
+    def vacuum(self) -> bool:
+        """VACUUM the tables whose rows a purge rewrote, so that the old versions of those rows (with
+        the personal data) are removed; PostgreSQL's autovacuum would, later."""
+        import psycopg
+
+        if self.read_only:
+            raise StoreUnavailable("this command only reads the database")
+        with self._connection() as conn:
+            try:
+                for table in ("events", "evaluations", "actions", "attempts", "deliveries", "event_keys"):
+                    conn.conn.execute(f"VACUUM {table}")
+            except psycopg.Error as exc:
+                raise _unavailable(exc, self.path) from exc
+        return True
+
+
+class _Handle:
+    """`database.db` for PostgreSQL: execute and query, each on a connection of the pool."""
+
+    def __init__(self, database: PostgresDatabase):
+        self._database = database
+
+    def execute(self, sql: str, params: Any = ()) -> Cursor:
+        rows = self._database.all(sql, params) if _returns_rows(sql) else None
+        if rows is None:
+            with self._database._connection() as conn:
+                return conn.execute(sql, params)
+        return _Rows(rows)
+
+    def query(self, sql: str, params: Any = ()) -> Iterator[dict[str, Any]]:
+        return iter(self._database.rows(sql, params))
+
+
+def _returns_rows(sql: str) -> bool:
+    return sql.lstrip().split(None, 1)[0].upper() in ("SELECT", "WITH", "VALUES")
+
+
+class _Rows:
+    """Rows already fetched, read as a cursor."""
+
+    def __init__(self, rows: list[tuple]):
+        self._rows = rows
+        self.rowcount = len(rows)
+
+    def fetchone(self) -> tuple | None:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[tuple]:
+        return list(self._rows)
+
+    def __iter__(self) -> Iterator[tuple]:
+        return iter(self._rows)
+
+
+@functools.cache
+def schema_ddl() -> str:
+    """The DDL that brings an empty database to SCHEMA_VERSION."""
+    return resources.files(__package__).joinpath("postgres.sql").read_text(encoding="utf-8")
+
+
+def _unavailable(exc: Exception, where: str) -> StoreUnavailable:
+    """StoreUnavailable for a psycopg error: "locked" when the write lock was not free in time (lock_held
+    sees it), the server's words otherwise (they never hold the password)."""
+    import psycopg
+
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        return StoreUnavailable(f"database locked: another process held the write lock of {where} past busy_timeout")
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, psycopg.OperationalError):
+        return StoreUnavailable(f"cannot reach PostgreSQL at {where}: {text}")
+    return StoreUnavailable(text)
+
+
+def _rollback(conn: Any) -> None:
+    """Roll back what is open; a rollback that fails (the connection broke) must not hide why we got here."""
+    import psycopg
+
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error as exc:
+        log.warning("rollback failed (%s); PostgreSQL rolls the transaction back when the connection closes", exc)
