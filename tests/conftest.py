@@ -7,6 +7,10 @@ Redis, in order of preference:
 3. the local Redis at 127.0.0.1:6379, database 13 (flushed around every test);
 4. none: every test that needs Redis is skipped, with the reason, and the run's header and summary say so.
 The header of every run says which one is in use.
+
+Storage: SQLite files in tmp_path. Tests marked `storage` run twice, on SQLite and on PostgreSQL
+(tests/support/postgres.py: a private database per test process on the machine's server, emptied
+before each test); without a PostgreSQL the second variant skips and says why.
 """
 
 from __future__ import annotations
@@ -20,7 +24,21 @@ import redis
 from gu1sync.config import Config, parse_config
 from gu1sync.redisbin import NOT_FOUND, find_redis_server
 from tests.support.helpers import SECRETS, SOURCES_YAML, FakeClock, config_text
+from tests.support.postgres import TestDatabase, postgres_problem
 from tests.support.redis import RedisChoice, RedisServer, choose_redis
+
+ENGINES = ["sqlite", "postgresql"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `storage` that stores anything runs on each engine."""
+    definition = metafunc.definition
+    if (
+        "engine" in metafunc.fixturenames
+        and definition.get_closest_marker("storage")
+        and not definition.get_closest_marker("sqlite")
+    ):
+        metafunc.parametrize("engine", ENGINES, indirect=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -113,15 +131,48 @@ def redis_url(redis_choice: RedisChoice, redis_conn) -> str:
     return redis_choice.url
 
 
+@pytest.fixture(scope="session")
+def postgres_database():
+    """This test process's PostgreSQL database (created once, dropped at the end); skips without one."""
+    problem = postgres_problem()
+    if problem is not None:
+        pytest.skip(f"PostgreSQL variant skipped: {problem}")
+    database = TestDatabase()
+    yield database
+    database.drop()
+
+
 @pytest.fixture
-def make_config(tmp_path: Path, redis_choice: RedisChoice):
+def engine(request: pytest.FixtureRequest) -> str:
+    """The storage engine of this test: sqlite, unless the test is marked `storage` (then each in turn)."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def storage_location(engine: str, tmp_path: Path, request: pytest.FixtureRequest):
+    """Where this test's events are kept: tmp_path/events.db, or this process's PostgreSQL database, emptied."""
+    if engine == "sqlite":
+        yield str(tmp_path / "events.db")
+        return
+    database = request.getfixturevalue("postgres_database")
+    database.reset()
+    yield database.url
+    from gu1sync.storage.postgres import close_all
+
+    close_all()
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, redis_choice: RedisChoice, engine: str, storage_location: str):
     """Build a Config from YAML on a real file in tmp_path (sources above unless `sources` is given)."""
+    storage_url = storage_location if engine == "postgresql" else None
 
     def build(
         extra: str = "", *, sources: str = SOURCES_YAML, environ: dict | None = None, redis_url: str | None = None
     ) -> Config:
         path = tmp_path / "config.yaml"
-        path.write_text(config_text(redis_url or redis_choice.url or "redis://127.0.0.1:1/0", sources, extra))
+        url = redis_url or redis_choice.url or "redis://127.0.0.1:1/0"
+        path.write_text(config_text(url, sources, extra, storage_url=storage_url))
         return parse_config(path.read_text(), str(path), environ={**SECRETS, **(environ or {})})
 
     return build

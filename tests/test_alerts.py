@@ -21,7 +21,7 @@ from tests.support.delivery import ENV, drain, post, status_changed
 from tests.support.emulators.salesforce import malformed
 from tests.support.helpers import dumps, gu1_headers, wait_until
 
-pytestmark = pytest.mark.real_redis
+pytestmark = [pytest.mark.real_redis, pytest.mark.storage]
 
 OPS = """
 ops:

@@ -3,7 +3,6 @@ while it is young: a burst costs one RQ job per batch. Real Redis, RQ, SQLite an
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 
@@ -19,7 +18,7 @@ from gu1sync.storage import Store
 from gu1sync.worker import Gu1Worker
 from tests.support.delivery import actions_of, post, setup, status_changed  # noqa: F401 - setup is a fixture
 
-pytestmark = pytest.mark.real_redis
+pytestmark = [pytest.mark.real_redis, pytest.mark.storage]
 
 
 def queued_ids(redis_conn) -> list[str]:
@@ -84,13 +83,11 @@ def test_an_inline_attempt_holds_its_lease_until_after_the_job_would_be_stopped(
     seen: list[str] = []
 
     def watch() -> None:
-        reader = sqlite3.connect(config.storage_path)
-        while not seen:
-            lease = reader.execute("SELECT lease_until FROM actions WHERE id = ?", (action_id,)).fetchone()[0]
+        while not seen:  # on a connection of its own, as another process would read
+            lease = ctx.store.database.one("SELECT lease_until FROM actions WHERE id = ?", (action_id,))[0]
             if lease:
                 seen.append(lease)
             time.sleep(0.01)
-        reader.close()
 
     watcher = threading.Thread(target=watch)
     watcher.start()

@@ -31,7 +31,7 @@ from tests.support.delivery import ENV, drain, post, setup, status_changed  # no
 from tests.support.emulators.salesforce import malformed
 from tests.support.helpers import ROOT, SECRETS, FakeClock, gu1_headers
 
-pytestmark = pytest.mark.real_redis
+pytestmark = [pytest.mark.real_redis, pytest.mark.storage]
 
 PAGES = ["/", "/events", "/failures", "/rules", "/rules/simulate", "/audit"]
 

@@ -33,7 +33,7 @@ from tests.support.delivery import ENV, RULES, actions_of, drain, post, status_c
 from tests.support.emulators.salesforce import LOCKED
 from tests.support.helpers import dumps
 
-pytestmark = pytest.mark.real_redis
+pytestmark = [pytest.mark.real_redis, pytest.mark.storage]
 
 
 def test_a_blocked_entity_updates_salesforce_and_alerts_slack(setup, org, workspace, redis_conn):
@@ -352,14 +352,14 @@ def test_backoff_is_exponential_jittered_bounded_and_honours_retry_after():
 
 
 @pytest.fixture
-def ledger(tmp_path):
+def ledger(storage_location):
     """An action log on a clock the test moves, with one pending action in it."""
     from gu1sync.core.records import Event
     from gu1sync.storage import ActionLog, Store
     from tests.support.helpers import FakeClock
 
     clock = FakeClock()
-    store = Store(str(tmp_path / "ledger.db"), clock=clock)
+    store = Store(storage_location, clock=clock)
     store.migrate()
     event = Event(
         id="ev_1",

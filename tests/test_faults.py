@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from tests.support.burst import DuplicateEffect, Sender, burst, settle, status_change
+from tests.support.burst import RETRY, DuplicateEffect, Sender, burst, report, settle, status_change
 from tests.support.emulators.salesforce import UNAVAILABLE
 from tests.support.helpers import wait_until
 
@@ -38,21 +38,11 @@ LOCKS = 4 if LONG else 1  # times another process holds SQLite's write lock
 LIMIT = 900 if LONG else 180  # seconds per test; `settle` gives up well before, saying what is stuck
 QUICK = 60 if LONG else 15  # seconds the reproductions give the product to settle (fixed, about 10)
 
-# Retries come quickly, so that a test waits for the fault, not for the back-off; enough attempts to
-# outlast the longest outage.
-RETRY = "retry: {max_attempts: 50, backoff: 200ms, max_backoff: 1s}"
-
 pytestmark = [pytest.mark.real_redis, pytest.mark.timeout(LIMIT)]
 
 
 class EarlyRetry(AssertionError):
     """A call came sooner after a 429 than the service's Retry-After allowed."""
-
-
-def report(record_property, line: str) -> None:
-    """One line for the "fault suite" section of the run's summary (and the JUnit XML); -s shows it too."""
-    record_property("fault_summary", line)
-    print(line)
 
 
 def busiest_caller(stack, emulator, exclude, least: int) -> tuple | None:
@@ -148,6 +138,7 @@ def test_a_worker_killed_in_the_middle_of_a_batch(make_stack, org, workspace, re
     assert len(repeated) >= cut  # ...and was written again: the emulator finished the call the kill cut
 
 
+@pytest.mark.storage  # and on PostgreSQL
 def test_redis_restarted_empty_mid_burst(make_stack, own_redis, org, workspace, record_property):
     stack = make_stack(redis_url=own_redis.url, timeout="5s", retry=RETRY)
     stack.start_receiver()
@@ -174,6 +165,7 @@ def test_redis_restarted_empty_mid_burst(make_stack, own_redis, org, workspace, 
     assert settlement.repeats == []
 
 
+@pytest.mark.storage  # and on PostgreSQL
 def test_salesforce_503_for_a_while(make_stack, org, workspace, record_property):
     stack = make_stack(timeout="5s", retry=RETRY)
     stack.start_receiver()

@@ -18,7 +18,7 @@ from gu1sync.storage.retention import purge_older_than
 from tests.support.delivery import ENV, drain, post, setup, status_changed  # noqa: F401 - setup is a fixture
 from tests.support.helpers import SECRETS
 
-pytestmark = pytest.mark.real_redis
+pytestmark = [pytest.mark.real_redis, pytest.mark.storage]
 
 GROUPED = """
   - name: blocked-digest

@@ -20,7 +20,7 @@ from tests.support.helpers import ROOT, SECRETS, dumps, gu1_headers
 
 DONE, RECEIVED = EventStatus.DONE, EventStatus.RECEIVED
 
-pytestmark = pytest.mark.real_redis
+pytestmark = [pytest.mark.real_redis, pytest.mark.storage]
 
 
 def post_event(client, seed: int, event: str = "kyc.validation_approved"):

@@ -18,6 +18,8 @@ from gu1sync.core.status import EventStatus
 from gu1sync.queue import redis_client
 from tests.support.helpers import SECRETS, dumps, gu1_headers, kyc_headers, std_headers
 
+pytestmark = pytest.mark.storage  # on SQLite and on PostgreSQL
+
 INVALID, RECEIVED = EventStatus.INVALID, EventStatus.RECEIVED
 
 
@@ -283,6 +285,7 @@ def test_a_body_of_exactly_the_limit_is_accepted(client):
 # -- durability ------------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite  # reads the file itself
 def test_sqlite_unwritable_is_503_and_nothing_is_half_stored(make_app, make_config, services):
     config = make_config(environ={})
     app = make_app(config)
@@ -392,6 +395,7 @@ def test_one_evaluation_triggering_two_rules_is_two_events(client):
     assert post(client, "gu1-prod", second, gu1_headers(second)).json["duplicate"] is False
 
 
+@pytest.mark.sqlite  # reads the file itself
 def test_readyz_does_not_show_the_database_path(make_app, make_config):
     config = make_config()
     app = make_app(config)

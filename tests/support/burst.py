@@ -4,6 +4,9 @@
 gets no 2xx, every answer kept. `settle`: the end of every fault run: nothing accepted was lost,
 everything reached a final state, and every action took effect once, or again only where a kill left
 an attempt's outcome unknown. Both work on a tests/support/stack.py Stack running its default RULES.
+
+It is long because `settle` is one check with many parts (every one a way a run can go wrong), and
+the SQLite and PostgreSQL fault runs, one box or several, share it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ from tests.support.stack import Stack
 # The rules of tests/support/stack.py's RULES: every status change upserts the Contact, a block is posted too.
 UPSERT_RULE, SLACK_RULE = "status-to-salesforce", "alert-blocked"
 EXTERNAL_ID_FIELD = "Gu1_External_Id__c"
+
+# Retries come quickly, so that a test waits for the fault, not for the back-off; enough attempts to
+# outlast the longest outage.
+RETRY = "retry: {max_attempts: 50, backoff: 200ms, max_backoff: 1s}"
 
 EVENT_FINAL = ("done", "failed", "invalid")
 ACTION_FINAL = ("done", "dead", "skipped", "dry_run", "shadow", "throttled")
@@ -78,12 +85,23 @@ class Delivery:
 
 
 class Sender:
-    """Posts events as Gu1 does: a try, then retries after 1 s, 2 s and 4 s while the answer is not 2xx."""
+    """Posts events as Gu1 does: a try, then retries after 1 s, 2 s and 4 s while the answer is not 2xx.
+
+    `ports`: receivers behind a load balancer that sends each try to the next one (the first tries of a
+    burst spread over all, each retry to another than the one before); default: the stack's receiver."""
 
     RETRIES = (1.0, 2.0, 4.0)
 
-    def __init__(self, stack: Stack, *, threads: int = 4, retries: tuple[float, ...] = RETRIES):
+    def __init__(
+        self,
+        stack: Stack,
+        *,
+        threads: int = 4,
+        retries: tuple[float, ...] = RETRIES,
+        ports: list[int] | None = None,
+    ):
         self.stack = stack
+        self.ports = ports or [stack.port]
         self.retries = retries
         self.deliveries: list[Delivery] = []
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gu1-sender")
@@ -93,10 +111,11 @@ class Sender:
     def send(self, document: dict) -> Delivery:
         delivery = Delivery(document)
         self.deliveries.append(delivery)
+        first = len(self.deliveries)
         body = dumps(document)
-        for wait in (0.0, *self.retries):
+        for tried, wait in enumerate((0.0, *self.retries)):
             time.sleep(wait)
-            status, answer, retry_after = self._post(body)
+            status, answer, retry_after = self._post(body, self.ports[(first + tried) % len(self.ports)])
             error = answer.get("error") if isinstance(answer, dict) else None
             delivery.answers.append((status, error, retry_after))
             if status is not None and 200 <= status < 300:
@@ -105,9 +124,9 @@ class Sender:
                 break
         return delivery
 
-    def _post(self, body: bytes) -> tuple[int | None, dict | None, str | None]:
+    def _post(self, body: bytes, port: int) -> tuple[int | None, dict | None, str | None]:
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.stack.port, timeout=10)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             conn.request("POST", "/webhooks/gu1-prod", body=body, headers=gu1_headers(body))
             response = conn.getresponse()
             raw = response.read()
@@ -210,6 +229,12 @@ class Settlement:
             f"{self.interrupted} attempt(s) interrupted; Slack duplicates: {self.slack_duplicates}; "
             f"upserts repeated: {self.upserts_repeated}; refused tries: {refused or 'none'}"
         )
+
+
+def report(record_property, line: str) -> None:  # noqa: ANN001 - pytest's fixture
+    """One line for the "fault suite" section of the run's summary (and the JUnit XML); -s shows it too."""
+    record_property("fault_summary", line)
+    print(line)
 
 
 def expected_actions(document: dict, event_id: str) -> dict[str, str]:

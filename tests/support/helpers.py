@@ -53,11 +53,19 @@ sources:
 """
 
 
-def config_text(redis_url: str, sources: str = SOURCES_YAML, extra: str = "", *, busy_timeout: str = "1s") -> str:
-    """A test config: SQLite next to the file, the given Redis, the test sources."""
+def config_text(
+    redis_url: str,
+    sources: str = SOURCES_YAML,
+    extra: str = "",
+    *,
+    busy_timeout: str = "1s",
+    storage_url: str | None = None,
+) -> str:
+    """A test config: SQLite next to the file (or the database at `storage_url`), the given Redis, the test sources."""
+    where = f'url: "{storage_url}"' if storage_url else "path: events.db"
     return (
         "version: 1\n"
-        f"storage:\n  path: events.db\n  busy_timeout: {busy_timeout}\n"
+        f"storage:\n  {where}\n  busy_timeout: {busy_timeout}\n"
         f'queue:\n  redis_url: "{redis_url}"\n  name: test\n  sweep_interval: 1s\n'
         f"{sources}\n{extra}"
     )

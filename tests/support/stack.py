@@ -88,13 +88,16 @@ class Stack:
         extra: str = "",
         env: dict[str, str] | None = None,
         pace: str = "{posts: 0}",
+        storage_url: str | None = None,
+        cwd: Path | None = None,
     ):
         """`pace`: connectors.slack.pace; off unless a test gives one (the fault tests post dozens of
         messages to one channel at once, and are about something else)."""
         self.redis_url = redis_url
+        self.cwd = cwd  # a working directory of its own (a box of several), else the project's
         self.config = tmp_path / "config.yaml"
         self.config.write_text(
-            config_text(redis_url, busy_timeout=busy_timeout)
+            config_text(redis_url, busy_timeout=busy_timeout, storage_url=storage_url)
             + rules.format(sf_url=org.url, slack_url=workspace.api_url, timeout=timeout, retry=retry, pace=pace)
             + extra
         )
@@ -108,8 +111,8 @@ class Stack:
             **(env or {}),
         }
         self.port = free_port()
-        self.db_path = tmp_path / "events.db"
-        self.store = Store(str(self.db_path))
+        self.db_path = tmp_path / "events.db"  # on SQLite
+        self.store = Store(storage_url or str(self.db_path))
         self.processes: list[subprocess.Popen] = []
         self.workers: list[subprocess.Popen] = []
         self.logs = tmp_path / "logs.txt"
@@ -117,8 +120,8 @@ class Stack:
     def start(self, *command: str) -> subprocess.Popen:
         log = open(self.logs, "a")  # noqa: SIM115 - the process owns it
         process = subprocess.Popen(
-            [sys.executable, "app.py", "--config", str(self.config), *command],
-            cwd=ROOT,
+            [sys.executable, str(ROOT / "app.py"), "--config", str(self.config), *command],
+            cwd=self.cwd or ROOT,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -273,12 +276,13 @@ def _holds_socket(pid: int, inodes: set[str]) -> bool:
 
 
 @pytest.fixture
-def make_stack(tmp_path, redis_url, org, workspace):
-    """Build a Stack on this test's Redis and emulators; every process it started is stopped after."""
+def make_stack(tmp_path, redis_url, org, workspace, engine, storage_location):
+    """Build a Stack on this test's Redis, emulators and storage; every process it started is stopped after."""
     stacks = []
+    storage_url = storage_location if engine == "postgresql" else None
 
     def build(*, redis_url: str = redis_url, **options) -> Stack:
-        stack = Stack(tmp_path, redis_url, org, workspace, **options)
+        stack = Stack(tmp_path, redis_url, org, workspace, storage_url=storage_url, **options)
         stacks.append(stack)
         return stack
 
