@@ -33,8 +33,9 @@ PYTHON = sys.executable
 
 
 def rules(sf_url: str, slack_url: str) -> str:
-    """One Salesforce upsert and one Slack post per event: the end-to-end tests' rules (tests/support/stack.py)."""
-    return STACK_RULES.format(sf_url=sf_url, slack_url=slack_url, timeout="5s", retry="")
+    """One Salesforce upsert and one Slack post per event: the end-to-end tests' rules (tests/support/stack.py),
+    Slack's pacing off (these measure the worker; bench/burst.py measures pacing)."""
+    return STACK_RULES.format(sf_url=sf_url, slack_url=slack_url, timeout="5s", retry="", pace="{posts: 0}")
 
 
 @contextmanager
@@ -54,12 +55,13 @@ def redis_url() -> Iterator[str]:
         server.cleanup()
 
 
-def write_config(directory: Path, redis: str, extra: str = "") -> Path:
-    """A config with one production Gu1 source, SQLite in `directory`, and `extra` (rules...)."""
+def write_config(directory: Path, redis: str, extra: str = "", *, storage_url: str | None = None) -> Path:
+    """A config with one production Gu1 source, SQLite in `directory` (or the database at
+    `storage_url`), and `extra` (rules...)."""
     path = directory / "config.yaml"
     path.write_text(
         "version: 1\n"
-        "storage:\n  path: events.db\n"
+        f"storage:\n  {f'url: {storage_url}' if storage_url else 'path: events.db'}\n"
         f'queue:\n  redis_url: "{redis}"\n  name: bench\n'
         'sources:\n  gu1:\n    kind: gu1\n    environment: production\n    secrets: ["${GU1_SECRET}"]\n'
         f"{extra}"
@@ -187,9 +189,11 @@ def dump(result: dict) -> str:
     return json.dumps(result)
 
 
-def closed_loop(port: int, requests: list[bytes], concurrency: int) -> tuple[float, list[float]]:
+def closed_loop(port: int | list[int], requests: list[bytes], concurrency: int) -> tuple[float, list[float]]:
     """Send every request, `concurrency` at a time, each on a new connection as Gu1 does:
-    (requests per second, latencies in seconds). Any answer but 2xx stops the benchmark."""
+    (requests per second, latencies in seconds). Any answer but 2xx stops the benchmark. Several
+    ports: request n goes to the n-th in turn (a load balancer's round robin)."""
+    ports = port if isinstance(port, list) else [port]
     import threading
 
     latencies: list[float] = []
@@ -204,7 +208,7 @@ def closed_loop(port: int, requests: list[bytes], concurrency: int) -> tuple[flo
             if n is None:
                 return
             started = time.perf_counter()
-            status = exchange(port, requests[n])
+            status = exchange(ports[n % len(ports)], requests[n])
             latencies.append(time.perf_counter() - started)
             if not 200 <= status < 300:
                 failures.append(status)

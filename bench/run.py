@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+import storage
 from harness import (
     PYTHON,
     SESSION,
@@ -221,10 +222,13 @@ def table(rows: list[tuple]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Fewer requests and events (a smoke run).")
-    parser.add_argument("--only", choices=["receiver", "worker", "e2e"], action="append", help="Run only these.")
+    parser.add_argument(
+        "--only", choices=["receiver", "worker", "e2e", "storage"], action="append", help="Run only these."
+    )
     args = parser.parse_args()
     scale = 0.2 if args.quick else 1.0
-    parts = args.only or ["receiver", "worker", "e2e"]
+    parts = args.only or ["receiver", "worker", "e2e", "storage"]
+    notes = []
     rows: list[tuple] = []
     with redis_url() as redis:
         if "receiver" in parts:
@@ -233,7 +237,15 @@ def main() -> None:
             rows += worker(redis, events=int(2000 * scale))
         if "e2e" in parts:
             rows += end_to_end(redis, rate=50, count=int(500 * scale))
+        if "storage" in parts:  # PostgreSQL next to SQLite (bench/storage.py)
+            problem = storage.postgres_problem()
+            if problem:
+                notes.append(f"PostgreSQL rows skipped: {problem}")
+            else:
+                rows += storage.measure(redis, quick=args.quick)
     print(table(rows))
+    for note in notes:
+        print(note)
     print(
         "baselines: bench/bare.py under the same gunicorn settings (receiver, and a Flask + RQ + requests pipeline"
         " for end-to-end); RQ's SimpleWorker running a no-op job (worker). Throughput: the better of two runs."

@@ -98,7 +98,9 @@ def test_doctor_is_green_when_everything_works_and_names_each_broken_part(make_s
     wait_until(lambda: "workers" in failing(doctor(stack)[1]), timeout=30, what="the workers to be gone")
 
     own_redis.stop()
-    assert {"redis", "receiver"} <= set(failing(doctor(stack)[1]))  # /readyz says Redis is down too
+    broken = failing(doctor(stack)[1])
+    assert "redis" in broken
+    assert "receiver" not in broken  # it still takes webhooks (they wait in the database): it stays ready
     own_redis.start()
 
     stack.stop()

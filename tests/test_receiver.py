@@ -330,11 +330,35 @@ def test_readyz_reports_each_check(client, make_app):
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json["ready"] is True
-    assert set(ready.json["checks"]) == {"config", "sqlite", "redis"}
-    down = make_app(connection=dead_redis()).test_client().get("/readyz")
-    assert down.status_code == 503
-    assert down.json["checks"]["redis"] == {"ok": False}
-    assert down.json["checks"]["sqlite"] == {"ok": True}
+    assert set(ready.json["checks"]) == {"config", "database", "redis"}
+    # Without Redis the receiver still takes webhooks (they wait in the database): a balancer routing on
+    # /readyz must keep sending them, so Redis is reported and does not count.
+    down = make_app(connection=dead_redis()).test_client()
+    answer = down.get("/readyz")
+    assert answer.status_code == 200
+    assert answer.json["checks"]["redis"] == {"ok": False}
+    assert answer.json["checks"]["database"] == {"ok": True}
+    body = dumps({"event": "entity.created", "timestamp": "2025-01-08T09:00:00Z", "payload": {"entity": {"id": "e"}}})
+    assert down.post("/webhooks/gu1-prod", data=body, headers=gu1_headers(body)).status_code == 202
+
+
+def test_drain_takes_the_box_out_of_the_balancer_and_still_accepts_webhooks(client, app):
+    from click.testing import CliRunner
+
+    from gu1sync.cli import cli
+
+    config = app.extensions["gu1sync"].config
+    drained = CliRunner().invoke(cli, ["--config", config.file, "drain"], env=SECRETS)
+    assert drained.exit_code == 0, drained.output
+    answer = client.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json["checks"]["drain"]["ok"] is False
+    assert client.get("/healthz").status_code == 200
+    body = dumps({"event": "entity.created", "timestamp": "2025-01-08T09:00:00Z", "payload": {"entity": {"id": "d"}}})
+    assert client.post("/webhooks/gu1-prod", data=body, headers=gu1_headers(body)).status_code == 202
+    undone = CliRunner().invoke(cli, ["--config", config.file, "drain", "--off"], env=SECRETS)
+    assert undone.exit_code == 0, undone.output
+    assert client.get("/readyz").status_code == 200
 
 
 def test_no_secret_ever_appears_in_responses_or_logs(client, caplog):
@@ -407,5 +431,5 @@ def test_readyz_does_not_show_the_database_path(make_app, make_config):
         blocker.execute("ROLLBACK")
         blocker.close()
     assert answer.status_code == 503
-    assert answer.json["checks"]["sqlite"] == {"ok": False, "error": "cannot write to the database; see the log"}
+    assert answer.json["checks"]["database"] == {"ok": False, "error": "cannot write to the database; see the log"}
     assert config.storage_path not in answer.get_data(as_text=True)

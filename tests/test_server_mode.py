@@ -220,7 +220,7 @@ def test_a_receiver_that_starts_while_another_process_holds_the_lock_comes_up_an
     holder = stack.hold_write_lock(8)
     stack.start_receiver()  # returns once /healthz answers 200
     status, body = stack.request("GET", "/readyz")
-    assert status == 503 and json.loads(body)["checks"]["sqlite"]["ok"] is False
+    assert status == 503 and json.loads(body)["checks"]["database"]["ok"] is False
     document = {"event": "entity.created", "timestamp": "2025-01-08T09:00:00Z", "payload": {"entity": {"id": "e-1"}}}
     status, body = stack.deliver(document)
     assert (status, json.loads(body)["error"]) == (503, "storage_unavailable")  # Gu1 retries it

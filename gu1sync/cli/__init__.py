@@ -1,7 +1,7 @@
 """The `gu1-sync` command line (README, Command line, lists every command): the group and what its
 commands share are in `common`; the commands, one module per family:
 
-- `service`: run, serve, worker, sweep;
+- `service`: run, serve, worker, sweep, drain;
 - `rules`: check, simulate, schema;
 - `inspect`: events, show, failed, replay, stats, alerts, doctor, send-test;
 - `data`: backup, purge, migrate-storage;

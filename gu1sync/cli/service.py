@@ -1,6 +1,6 @@
 """Commands that run gu1-sync: `run` (everything on this box, what `make run` starts), `serve` (the
-receiver under gunicorn), `worker` (the workers) and `sweep` (queue stored work that is not on the
-queue)."""
+receiver under gunicorn), `worker` (the workers), `sweep` (queue stored work that is not on the
+queue) and `drain` (take this box's receiver out of its load balancer before stopping it)."""
 
 from __future__ import annotations
 
@@ -98,6 +98,29 @@ def sweep(ctx: click.Context) -> None:
     except StoreUnavailable as exc:
         fail(f"sweep failed: {exc}")
     click.echo(f"queued {len(queued)} event(s)")
+
+
+@cli.command()
+@click.option("--off", is_flag=True, help="Take traffic again: remove the drain file.")
+@click.pass_context
+def drain(ctx: click.Context, off: bool) -> None:
+    """Make this box's /readyz answer 503 (draining) so that the load balancer moves webhooks to the
+    others; the receiver keeps answering what still reaches it. Stop the box once no more arrive."""
+    path = Path(config_of(ctx).drain_path)
+    if off:
+        path.unlink(missing_ok=True)
+        click.echo(f"not draining: {path} removed; /readyz answers 200 again once the rest is ready")
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror} (receiver.drain_file names it)")
+    click.echo(
+        f"draining: {path} exists, so /readyz answers 503 while /healthz stays up; once your balancer has "
+        "moved the traffic (its health check interval times its threshold), stop this box. "
+        "`gu1-sync drain --off` undoes it."
+    )
 
 
 @cli.command()

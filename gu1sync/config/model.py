@@ -94,6 +94,11 @@ class ReceiverSettings(StrictModel):
     read_timeout: PositiveDuration = Field(
         10, description="A request (headers and body) must arrive within this long, else 408 and it is dropped."
     )
+    drain_file: str = Field(
+        "var/drain",
+        description="While this file exists /readyz answers 503 (draining) and webhooks are still accepted: "
+        "`gu1-sync drain` makes it, `drain --off` removes it. Relative to config.yaml.",
+    )
 
 
 def _ratio(value: object) -> object:
@@ -307,6 +312,11 @@ class Config(StrictModel):
     def storage_path(self) -> str:
         """The SQLite file, resolved against the config file's directory (unused on PostgreSQL)."""
         return os.path.join(self._base_dir, os.path.expanduser(self.storage.path))
+
+    @property
+    def drain_path(self) -> str:
+        """The receiver's drain file, resolved against the config file's directory."""
+        return os.path.join(self._base_dir, os.path.expanduser(self.receiver.drain_file))
 
     @property
     def storage_url(self) -> str:

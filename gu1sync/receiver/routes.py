@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -237,22 +238,27 @@ def healthz():
 
 @blueprint.get("/readyz", **ROUTE_OPTIONS)
 def readyz():
-    """SQLite takes writes, Redis answers, the config is loaded: 200, else 503 naming what failed."""
+    """Whether a load balancer should send webhooks here: the config is loaded, the database takes
+    writes, and the box is not draining; 200, else 503 naming what failed. Redis is reported and does
+    not count: while it is away webhooks are still accepted (they wait in the database), and taking
+    every receiver out of the balancer for it would turn Gu1's retries into failures."""
     svc = services()
     checks = {"config": {"ok": True, "version": svc.config.digest, "sources": sorted(svc.config.sources)}}
+    if os.path.exists(svc.config.drain_path):
+        checks["drain"] = {"ok": False, "error": "draining (gu1-sync drain): webhooks are still accepted"}
     try:
         if not svc.runtime.ready.is_set():
             waiting = "waiting for another process's lock to bring the schema up to date"
             failed = "the schema could not be brought up to date; see the log"
-            checks["sqlite"] = {"ok": False, "error": failed if svc.runtime.ready.failed else waiting}
+            checks["database"] = {"ok": False, "error": failed if svc.runtime.ready.failed else waiting}
         else:
             svc.store.check_writable()
-            checks["sqlite"] = {"ok": True}
+            checks["database"] = {"ok": True}
     except StoreUnavailable as exc:
-        log.error("readyz: SQLite cannot be written: %s", exc)  # the details (a path) stay in the log
-        checks["sqlite"] = {"ok": False, "error": "cannot write to the database; see the log"}
+        log.error("readyz: the database cannot be written: %s", exc)  # the details (a path) stay in the log
+        checks["database"] = {"ok": False, "error": "cannot write to the database; see the log"}
     checks["redis"] = {"ok": svc.queue.ping()}
-    ready = all(check["ok"] for check in checks.values())
+    ready = all(check["ok"] for name, check in checks.items() if name != "redis")
     return jsonify(ready=ready, checks=checks), 200 if ready else 503
 
 
