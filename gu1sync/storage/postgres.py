@@ -338,13 +338,16 @@ class PostgresDatabase:
     def migrate(self) -> int:
         """Bring the schema up to date; under the write lock, so two processes starting at once apply it once."""
         with self.transaction() as conn:
-            version = self._version(conn)
+            version = found = self._version(conn)
+            if version >= self.expected_version():
+                return version  # current, or upgraded by a newer gu1-sync: left as it is
             if version == 0:
                 conn.conn.execute(schema_ddl())
                 version = SCHEMA_VERSION
             while version in UPGRADES:
                 conn.conn.execute(UPGRADES[version])
                 version += 1
+            log.info("PostgreSQL at %s: schema version %d -> %d", self.path, found, version)
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
