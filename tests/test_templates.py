@@ -203,6 +203,15 @@ def test_the_payload_is_never_changed_by_rendering():
     assert repr(CTX) == before
 
 
+@pytest.mark.parametrize("depth", [90, 400, 3000])
+def test_brackets_nested_past_the_stack_are_a_config_error_not_a_traceback(depth):
+    # Jinja's parser recurses once per bracket; the long hostile run found 80 were enough for a traceback.
+    with pytest.raises(ValueError, match="nested too deeply|template error"):
+        Template("{{ " + "(" * depth + "1" + ")" * depth + " }}")
+    with pytest.raises(ValueError, match="nested too deeply|template error"):
+        Template("{{ " + "[" * depth + "]" * depth + " }}")
+
+
 def test_syntax_errors_are_reported_at_load():
     with pytest.raises(ValueError, match="template error on its line 1: unexpected end of template"):
         Template("{{ entity.name ")

@@ -392,6 +392,8 @@ class Template:
             tree = ENV.parse(source)
         except TemplateSyntaxError as exc:
             raise ValueError(f"template error on its line {exc.lineno}: {exc.message}") from None
+        except RecursionError:  # Jinja's parser recurses once per bracket: ( ( ( ... nested past Python's limit
+            raise ValueError("template error: nested too deeply (brackets or expressions within each other)") from None
         _refuse_private(tree)
         _refuse_statements(tree)
         self.filters = set(_filters_used(tree))
@@ -466,7 +468,16 @@ class Template:
 
 
 # What Jinja's optimizer may raise while it evaluates a template's constant parts during compilation.
-_COMPILE_FAILURES = (UndefinedError, SecurityError, TemplateError, ArithmeticError, TypeError, ValueError, LookupError)
+_COMPILE_FAILURES = (
+    UndefinedError,
+    SecurityError,
+    TemplateError,
+    ArithmeticError,
+    TypeError,
+    ValueError,
+    LookupError,
+    RecursionError,  # an expression nested deeper than Python's stack, when compiled
+)
 
 
 def _compile_problem(exc: Exception) -> str:
