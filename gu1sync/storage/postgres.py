@@ -30,12 +30,12 @@ translation, transactions and the lock, the schema, maintenance), kept together 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
 import re
 import threading
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -56,13 +56,18 @@ UPGRADES: dict[int, str] = {}
 # The key of the one advisory lock every write transaction takes ("gu1sync" as a number).
 WRITE_LOCK = 0x6775317379_6E63
 
-_OPEN: weakref.WeakSet[PostgresDatabase] = weakref.WeakSet()  # those with a pool open in this process
+# Those with a pool open in this process, held until closed: a pool left to the garbage collector
+# would be finalized in whichever thread dropped it last, one of its own workers included.
+_OPEN: set[PostgresDatabase] = set()
 
 
 def close_all() -> None:
-    """Close every pool this process opened (a test's teardown; a command that is done)."""
+    """Close every pool this process opened (a test's teardown; the process's exit)."""
     for database in list(_OPEN):
         database.close()
+
+
+atexit.register(close_all)
 
 
 def display_url(url: str) -> str:
@@ -268,6 +273,7 @@ class PostgresDatabase:
         if self._pool is not None and self._pool_pid == os.getpid():
             self._pool.close()
         self._pool = None
+        _OPEN.discard(self)
 
     # -- reading ----------------------------------------------------------------------------------
 
