@@ -126,12 +126,12 @@ def worker(redis: str, events: int) -> list[tuple]:
             ours["events_per_s"] >= 300,
         ),
         ("  worker CPU ms per event", ours["cpu_ms_per_event"], None, "", None),
-        (
+        (  # issue 6 asked for no more than one; since issue 12 a collection carries up to 200
             "Salesforce API calls per upsert",
             ours["sf_calls_per_upsert"],
             1.0,
-            "exactly 1",
-            ours["sf_calls_per_upsert"] == 1.0,
+            "<= 1",
+            ours["sf_calls_per_upsert"] <= 1.0,
         ),
     ]
 
@@ -140,11 +140,24 @@ def _external_id(request: bytes) -> str:
     return json.loads(request.partition(b"\r\n\r\n")[2])["payload"]["entity"]["externalId"]
 
 
-def _latencies(org: SalesforceEmulator, due: dict[str, float], what: str) -> list[float]:
-    wait_until(lambda: len({p.path.rsplit("/", 1)[1] for p in org.seen("PATCH")} & due.keys()) == len(due), 120, what)
-    first = {}
+def _upserted(org: SalesforceEmulator) -> dict[str, float]:
+    """When each external id was first upserted: alone (the id ends the path) or in an sObject
+    Collection (the ids are in its records)."""
+    first: dict[str, float] = {}
     for patch in org.seen("PATCH"):
-        first.setdefault(patch.path.rsplit("/", 1)[1], patch.at)
+        if "/composite/sobjects/" in patch.path:
+            field = patch.path.rstrip("/").rsplit("/", 1)[1]
+            keys = [record.get(field) for record in (patch.json or {}).get("records", [])]
+        else:
+            keys = [patch.path.rsplit("/", 1)[1]]
+        for key in keys:
+            first.setdefault(str(key), patch.at)
+    return first
+
+
+def _latencies(org: SalesforceEmulator, due: dict[str, float], what: str) -> list[float]:
+    wait_until(lambda: len(_upserted(org).keys() & due.keys()) == len(due), 120, what)
+    first = _upserted(org)
     return [first[key] - when for key, when in due.items()]
 
 
