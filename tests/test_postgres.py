@@ -240,3 +240,84 @@ def test_a_url_and_a_path_together_are_refused_naming_the_key(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(str(path))
     assert "postgresql://" in str(caught.value) and "pw@" not in str(caught.value)
+
+
+def test_a_nul_in_an_id_is_stored_and_takes_no_other_delivery_down_with_it(fresh_url):
+    # SQLite's text takes NUL, PostgreSQL's refuses it: a signed body may carry one in an id.
+    database = PostgresDatabase(fresh_url)
+    database.migrate()
+    store = Store(database)
+    bad = _event("ev_nul\x00id")
+    bad.subject = "cust\x00001"
+    assert store.record_many([(_event("ev_ok"), {}), (bad, {})]) == [True, True]
+    assert database.one("SELECT raw FROM events WHERE id = ?", ("ev_ok",)) == (b"{}",)
+    assert database.one("SELECT subject FROM events WHERE subject LIKE 'cust%'") == ("cust\ufffd001",)
+
+
+def test_a_transaction_left_idle_by_a_frozen_box_frees_the_write_lock(fresh_url):
+    PostgresDatabase(fresh_url).migrate()
+    frozen = PostgresDatabase(fresh_url, busy_timeout=5, stalled_after=1)
+    other = PostgresDatabase(fresh_url, busy_timeout=5)
+    with pytest.raises(StoreUnavailable), frozen.transaction() as conn:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('frozen', '1')")
+        other_done = threading.Thread(target=other.check_writable)
+        other_done.start()  # waits for the lock the frozen box holds...
+        other_done.join(4)  # ...and gets it once the server has ended the idle transaction
+        assert not other_done.is_alive()
+    assert other.one("SELECT value FROM meta WHERE key = 'ready_check'") is not None
+    assert other.one("SELECT value FROM meta WHERE key = 'frozen'") is None  # the frozen write never landed
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql://gu1:s3cret@db:5432/gu1sync?password=s3cret&sslmode=require",
+            "postgresql://gu1:***@db:5432/gu1sync?sslmode=require",
+        ),
+        ("postgresql://u:s3cret@h1:5432,h2:5432/db", "postgresql://u:***@h1:5432,h2:5432/db"),
+        ("postgresql://u:s3cr/et@h/db", "postgresql://(a URL libpq cannot read)"),
+        ("postgresql://u:s3%zzcret@h/db", "postgresql://(a URL libpq cannot read)"),
+    ],
+)
+def test_no_form_of_url_shows_its_password(url, shown):
+    assert display_url(url) == shown
+
+
+def test_a_login_postgres_refuses_is_said_at_once_and_not_waited_for(fresh_url):
+    from gu1sync.storage import lock_held
+
+    missing = fresh_url.rsplit("/", 1)[0] + "/no_such_database_here"
+    with pytest.raises(StoreUnavailable) as caught:
+        PostgresDatabase(missing, busy_timeout=0.5).one("SELECT 1")
+    assert "refused gu1-sync" in str(caught.value) and "does not exist" in str(caught.value)
+    assert not lock_held(caught.value)  # a worker says so and stops, instead of waiting for ever
+    with pytest.raises(StoreUnavailable) as caught:
+        PostgresDatabase("postgresql://gu1@127.0.0.1:1/gu1sync", busy_timeout=0.5).one("SELECT 1")
+    assert lock_held(caught.value)  # a server that does not answer (yet) is worth waiting for
+
+
+def test_comments_keep_their_question_marks():
+    assert (
+        translate("SELECT 1 -- why? :no\nWHERE a = ? /* b? :c */") == "SELECT 1 -- why? :no\nWHERE a = %s /* b? :c */"
+    )
+
+
+def test_erasing_a_subject_removes_its_ordering_marks_on_postgres_too(fresh_url):
+    from datetime import UTC, datetime
+
+    from gu1sync.storage import retention
+
+    database = PostgresDatabase(fresh_url)
+    database.migrate()
+    store = Store(database)
+    store.record(_event("ev_gone"), {})
+    with database.transaction() as conn:
+        conn.execute("UPDATE events SET status = 'done', purged_at = '2026-01-01T00:00:00.000Z'")
+        conn.execute(
+            "INSERT INTO record_versions (target, field, occurred_at, event_id) VALUES (?, ?, ?, ?)",
+            ("salesforce:contact:ext__c:SUBJ-0001", "*", "2026-01-01T00:00:00Z", "ev_gone"),
+        )
+    result = retention.erase_subject(store, "SUBJ-0001", now=datetime(2026, 2, 1, tzinfo=UTC))
+    assert result.marks == 1
+    assert database.one("SELECT COUNT(*) FROM record_versions") == (0,)

@@ -23,6 +23,7 @@ from pydantic import (
 
 from connectors import ConnectorSettings
 from connectors.slack import SlackSettings
+from gu1sync.core.pgurl import url_problem
 from gu1sync.core.values import NAME_PATTERN, Duration, Name, PositiveDuration, SecretValue, StrictModel, duration
 from gu1sync.core.yamlfile import Document, Problem
 from gu1sync.kinds import Source
@@ -64,6 +65,8 @@ class StorageSettings(StrictModel):
             raise ValueError("url: expected sqlite:///path/to/file.db or postgresql://user@host:5432/database")
         if "path" in self.model_fields_set:
             raise ValueError("give url or path, not both (url: sqlite:///... is the path as a URL)")
+        if self.engine == "postgresql" and (problem := url_problem(self.url)) is not None:
+            raise ValueError(f"url: {problem}")
         if self.url.startswith("sqlite:///"):
             if not self.url.removeprefix("sqlite:///"):
                 raise ValueError("url: sqlite:/// needs a file, e.g. sqlite:///var/gu1-sync.db")

@@ -34,9 +34,9 @@ class StoreUnavailable(Exception):
 def lock_held(exc: StoreUnavailable) -> bool:
     """Whether `exc` says another process held the database's lock past busy_timeout (a backup, a
     VACUUM, someone's sqlite3 shell), or that the PostgreSQL server did not answer (restarting, a
-    fail-over): worth waiting for, unlike an unreadable or missing file or a refused password."""
+    fail-over): worth waiting for, unlike an unreadable or missing file, or a login PostgreSQL refused."""
     text = str(exc)
-    return "locked" in text or "busy" in text or (_UNREACHABLE in text and "password" not in text)
+    return "locked" in text or "busy" in text or _UNREACHABLE in text
 
 
 _UNREACHABLE = "cannot reach PostgreSQL"

@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from ..core.pgurl import display_url
 from ..core.timeutil import Clock, iso, utcnow
 from .database import SchemaMismatch, SchemaState, StoreUnavailable
 
@@ -52,6 +52,20 @@ log = logging.getLogger(__name__)
 # only, like migrations.MIGRATIONS, and in step with it (tests/test_postgres.py compares the two).
 SCHEMA_VERSION = 8
 UPGRADES: dict[int, str] = {}
+
+# Every table a purge rewrites or deletes from (`vacuum` clears their old row versions).
+PURGED_TABLES = (
+    "events",
+    "evaluations",
+    "actions",
+    "attempts",
+    "deliveries",
+    "event_keys",
+    "record_versions",
+    "throttles",
+    "record_locks",
+    "action_groups",
+)
 
 # The key of the one advisory lock every write transaction takes ("gu1sync" as a number).
 WRITE_LOCK = 0x6775317379_6E63
@@ -70,19 +84,10 @@ def close_all() -> None:
 atexit.register(close_all)
 
 
-def display_url(url: str) -> str:
-    """`url` as it may be shown and logged: any password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
-
-
-_TOKENS = re.compile(r"""'(?:[^']|'')*'|"(?:[^"])*"|\?|(?<![:\w]):([A-Za-z_]\w*)|%|\b(group_concat|instr)\(""", re.I)
+_TOKENS = re.compile(
+    r"""'(?:[^']|'')*'|"(?:[^"])*"|--[^\n]*|/\*.*?\*/|\?|(?<![:\w]):([A-Za-z_]\w*)|%|\b(group_concat|instr)\(""",
+    re.I | re.S,
+)
 _FUNCTIONS = {"group_concat": "string_agg(", "instr": "strpos("}
 
 
@@ -94,7 +99,7 @@ def translate(sql: str) -> str:
 
     def swap(match: re.Match) -> str:
         token = match.group(0)
-        if token[0] in "'\"":
+        if token[0] in "'\"" or token.startswith(("--", "/*")):  # text in quotes, comments: as they are
             return token.replace("%", "%%")
         if token == "?":
             return "%s"
@@ -157,8 +162,10 @@ def _params(params: Any) -> Any:
 
 
 @functools.cache
-def _adapters() -> tuple[type, type]:
-    """How values cross: a bool as 0 or 1 (SQLite's integers), SUM and AVG's numeric as int or float."""
+def _adapters() -> tuple[type, type, type]:
+    """How values cross: a bool as 0 or 1 (SQLite's integers); SUM and AVG's numeric as int or float;
+    text with a NUL character (a signed body may carry one in an id) with U+FFFD in its place, since
+    PostgreSQL's text refuses NUL and SQLite's takes it (the raw body is bytes, and keeps it)."""
     import psycopg
     from psycopg.adapt import Dumper, Loader
 
@@ -173,14 +180,19 @@ def _adapters() -> tuple[type, type]:
             text = bytes(data).decode()
             return float(text) if "." in text or "e" in text.lower() or text in ("NaN", "Infinity") else int(text)
 
-    return BoolAsInt, Numeric
+    class Text(Dumper):  # oid 0: PostgreSQL infers the type, as psycopg's own text dumper lets it
+        def dump(self, obj: str) -> bytes:
+            return (obj.replace("\x00", "\ufffd") if "\x00" in obj else obj).encode()
+
+    return BoolAsInt, Numeric, Text
 
 
 def _configure(conn: Any) -> None:
     """Each new connection of the pool: the adapters above."""
-    bool_as_int, numeric = _adapters()
+    bool_as_int, numeric, text = _adapters()
     conn.adapters.register_dumper(bool, bool_as_int)
     conn.adapters.register_loader("numeric", numeric)
+    conn.adapters.register_dumper(str, text)
 
 
 class PostgresDatabase:
@@ -200,6 +212,7 @@ class PostgresDatabase:
         durable: bool = True,
         read_only: bool = False,
         pool_size: int = 8,
+        stalled_after: float | None = None,
     ):
         self.url = url
         self.path = display_url(url)  # what messages name; never the password
@@ -208,6 +221,8 @@ class PostgresDatabase:
         self.durable = durable
         self.read_only = read_only
         self.pool_size = pool_size
+        # A transaction idle this long is ended by the server (its process froze, or lost the network).
+        self.stalled_after = stalled_after or max(60.0, busy_timeout * 10)
         self._pool: Any = None
         self._pool_pid: int | None = None
         self._pool_lock = threading.Lock()
@@ -223,7 +238,12 @@ class PostgresDatabase:
             if self._pool is None or self._pool_pid != os.getpid():
                 from psycopg_pool import ConnectionPool
 
-                options = "-c default_transaction_read_only=on" if self.read_only else ""
+                # A box that freezes or loses the network mid-transaction must not hold the write lock
+                # of every box: the server ends a transaction left idle (ours never wait inside one for
+                # anything but the database), and keepalives find a peer that is gone.
+                options = f"-c idle_in_transaction_session_timeout={int(self.stalled_after * 1000)}"
+                if self.read_only:
+                    options += " -c default_transaction_read_only=on"
                 self._pool = ConnectionPool(
                     self.url,
                     min_size=1,
@@ -233,7 +253,12 @@ class PostgresDatabase:
                         "autocommit": True,
                         "connect_timeout": max(2, int(self.busy_timeout)),
                         "application_name": "gu1-sync",
-                        **({"options": options} if options else {}),
+                        "options": options,
+                        "keepalives": 1,
+                        "keepalives_idle": 10,
+                        "keepalives_interval": 5,
+                        "keepalives_count": 3,
+                        "tcp_user_timeout": 30000,
                     },
                     configure=_configure,
                     check=ConnectionPool.check_connection,
@@ -258,10 +283,26 @@ class PostgresDatabase:
         try:
             with self._connections().connection(timeout=self.busy_timeout) as conn:
                 yield Connection(conn)
-        except PoolTimeout as exc:
-            raise StoreUnavailable(f"cannot reach PostgreSQL at {self.path}: {exc}") from exc
+        except PoolTimeout:
+            raise self._why_not() from None
         except psycopg.Error as exc:
             raise _unavailable(exc, self.path) from exc
+
+    def _why_not(self) -> StoreUnavailable:
+        """Why the pool has no connection to give: one direct attempt says (the pool only logs it). A
+        server that does not answer is worth waiting for (lock_held); a refused login or a missing
+        database is for a person to fix, at once."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url, connect_timeout=max(2, int(self.busy_timeout))):
+                pass
+        except psycopg.Error as exc:
+            text = _scrub(str(exc).strip(), self.url)
+            if any(sign in text for sign in _UNREACHABLE_SIGNS):
+                return StoreUnavailable(f"cannot reach PostgreSQL at {self.path}: {text}")
+            return StoreUnavailable(f"PostgreSQL at {self.path} refused gu1-sync: {text}")
+        return StoreUnavailable(f"cannot reach PostgreSQL at {self.path}: no connection free within busy_timeout")
 
     @property
     def db(self) -> Any:
@@ -319,7 +360,7 @@ class PostgresDatabase:
             try:
                 # One round trip: begin, how long to wait for the lock, how durable, the lock.
                 raw.execute(
-                    f"BEGIN; SET LOCAL lock_timeout = {int(self.busy_timeout * 1000)};"
+                    f"BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = {int(self.busy_timeout * 1000)};"
                     f"{'' if durable else ' SET LOCAL synchronous_commit = off;'}"
                     f" SELECT pg_advisory_xact_lock({WRITE_LOCK})"
                 )
@@ -420,7 +461,7 @@ class PostgresDatabase:
             raise StoreUnavailable("this command only reads the database")
         with self._connection() as conn:
             try:
-                for table in ("events", "evaluations", "actions", "attempts", "deliveries", "event_keys"):
+                for table in PURGED_TABLES:
                     conn.conn.execute(f"VACUUM {table}")
             except psycopg.Error as exc:
                 raise _unavailable(exc, self.path) from exc
@@ -469,6 +510,38 @@ class _Rows:
 def schema_ddl() -> str:
     """The DDL that brings an empty database to SCHEMA_VERSION."""
     return resources.files(__package__).joinpath("postgres.sql").read_text(encoding="utf-8")
+
+
+# What libpq says when the server is not there (yet): down, restarting, out of reach.
+_UNREACHABLE_SIGNS = (
+    "Connection refused",
+    "could not connect",
+    "timeout expired",
+    "timed out",
+    "starting up",
+    "shutting down",
+    "recovery mode",
+    "No route to host",
+    "could not translate host name",
+    "server closed the connection",
+    "terminating connection",
+)
+
+
+def _scrub(text: str, url: str) -> str:
+    """`text` without the URL's password, however libpq quoted it."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        secrets = [str(v) for k, v in conninfo_to_dict(url).items() if k in ("password", "sslpassword") and v]
+    except ProgrammingError:
+        secrets = []
+    raw = url.split("://", 1)[-1].split("@", 1)[0].partition(":")[2] if "@" in url else ""
+    for secret in [*secrets, raw]:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _unavailable(exc: Exception, where: str) -> StoreUnavailable:

@@ -266,7 +266,9 @@ def erase_subject(
         # Marks that name the subject and whose event is gone or purged (those of an unfinished event stay).
         suffix = ":" + subject
         result.marks += conn.execute(
-            """DELETE FROM record_versions WHERE substr(target, -length(?)) = ?
+            # The suffix compared from where it would start: a negative start means "from the end" to
+            # SQLite only (PostgreSQL reads it as the string's start).
+            """DELETE FROM record_versions WHERE substr(target, length(target) - length(?) + 1) = ?
                  AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = event_id AND e.purged_at IS NULL)""",
             (suffix, suffix),
         ).rowcount
