@@ -378,7 +378,10 @@ class ActionLog:
                        WHERE t.outcome IN ('{AttemptOutcome.FAILED}', '{AttemptOutcome.RETRY}') GROUP BY {{key_b}}) f
               ON f.name = s.name
             ORDER BY s.name"""
-        connector = "substr({t}.type, 1, instr({t}.type, '.') - 1)"
+        # The connector: the type up to its dot (a whole type without one: PostgreSQL refuses a negative length).
+        connector = (
+            "CASE WHEN instr({t}.type, '.') > 0 THEN substr({t}.type, 1, instr({t}.type, '.') - 1) ELSE {t}.type END"
+        )
         return {
             "rules": self.database.rows(query.format(key="a.rule", key_b="b.rule")),
             "connectors": self.database.rows(query.format(key=connector.format(t="a"), key_b=connector.format(t="b"))),
