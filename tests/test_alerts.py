@@ -329,3 +329,21 @@ def test_the_receiver_tells_of_a_backlog_when_no_worker_runs(make_stack, workspa
         timeout=20,
         what="the receiver's backlog alert",
     )
+
+
+def test_alerts_go_to_a_channel_with_the_bot_token_too(setup, org, workspace, redis_conn, monkeypatch):
+    """ops.slack with a bot token and a channel (not an incoming webhook): the digest is a chat.postMessage."""
+    monkeypatch.setattr(alerts_module, "PROBE_EVERY", 0.0)
+    channel = f'{{token: "${{SLACK_TOKEN}}", channel: "#compliance", base_url: "{workspace.api_url}"}}'
+    by_token = OPS.replace('{{webhook_url: "${{OPS_WEBHOOK}}"}}', channel.replace("{", "{{").replace("}", "}}"))
+    config, app, ctx = setup(extra=by_token.format(interval="1h"))
+    org.fail(r"/sobjects/Contact/", 400, malformed("Status__c: bad value", "INVALID_FIELD"), times=2)
+    for n in range(2):
+        post(app, event(f"customer_t{n}", "active"))
+    drain(redis_conn)
+    [digest] = Alerter(ctx).tick()
+    assert digest.kind == "dead_letters"
+    [message] = [m for m in workspace.messages if m["channel"] == workspace.channel_id("#compliance")]
+    assert "2 actions failed for good" in message["text"]
+    assert PERSON not in message["text"]
+    assert not [m for m in workspace.messages if m["channel"] == "webhook"]
