@@ -77,7 +77,36 @@ def _private(path: str) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
-class Database:
+class SchemaChecks:
+    """What both engines (this SQLite Database, and postgres.PostgresDatabase) derive from their own
+    `schema()`, `transaction()`, `path` and `clock`."""
+
+    path: str
+    clock: Clock
+
+    def schema(self) -> SchemaState:
+        raise NotImplementedError
+
+    def transaction(self) -> Any:
+        raise NotImplementedError
+
+    def check_schema(self) -> None:
+        """SchemaMismatch, saying what to do, unless the database's schema is this code's."""
+        problem = self.schema().problem(self.path)
+        if problem is not None:
+            raise SchemaMismatch(problem)
+
+    def check_writable(self) -> None:
+        """Prove the database takes a write (for /readyz); raises StoreUnavailable if not."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('ready_check', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (iso(self.clock()),),
+            )
+
+
+class Database(SchemaChecks):
     """The SQLite file, with one connection per thread and per process (connections never cross a fork).
 
     `durable=True` (the receiver) syncs every commit to disk before it returns: an accepted event
@@ -269,21 +298,6 @@ class Database:
         """The schema version in the file, next to the one this code writes (reads only)."""
         row = self.one("PRAGMA user_version")
         return SchemaState(row[0] if row else 0, len(MIGRATIONS))
-
-    def check_schema(self) -> None:
-        """SchemaMismatch, saying what to do, unless the file's schema is this code's."""
-        problem = self.schema().problem(self.path)
-        if problem is not None:
-            raise SchemaMismatch(problem)
-
-    def check_writable(self) -> None:
-        """Prove the file takes a write (for /readyz); raises StoreUnavailable if not."""
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('ready_check', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (iso(self.clock()),),
-            )
 
     # -- maintenance ------------------------------------------------------------------------------
 

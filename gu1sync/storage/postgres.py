@@ -42,8 +42,8 @@ from importlib import resources
 from typing import Any
 
 from ..core.pgurl import display_url
-from ..core.timeutil import Clock, iso, utcnow
-from .database import SchemaMismatch, SchemaState, StoreUnavailable
+from ..core.timeutil import Clock, utcnow
+from .database import SchemaChecks, SchemaState, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def _configure(conn: Any) -> None:
     conn.adapters.register_dumper(str, text)
 
 
-class PostgresDatabase:
+class PostgresDatabase(SchemaChecks):
     """A PostgreSQL database, shared by every receiver and worker that names it in `storage.url`.
 
     `durable`, `read_only` and `busy_timeout` mean what they mean for the SQLite Database.
@@ -418,21 +418,6 @@ class PostgresDatabase:
         """The schema version in the database, next to the one this code writes (reads only)."""
         with self._connection() as conn:
             return SchemaState(self._version(conn), self.expected_version())
-
-    def check_schema(self) -> None:
-        """SchemaMismatch, saying what to do, unless the database's schema is this code's."""
-        problem = self.schema().problem(self.path)
-        if problem is not None:
-            raise SchemaMismatch(problem)
-
-    def check_writable(self) -> None:
-        """Prove the database takes a write (for /readyz); raises StoreUnavailable if not."""
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('ready_check', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (iso(self.clock()),),
-            )
 
     # -- maintenance ------------------------------------------------------------------------------
 
